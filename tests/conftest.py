@@ -1,0 +1,29 @@
+"""Shared test fixtures: where the real corpora live, and the offline Whisper cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The corpora are read in place from ../shared/data beside the checkout (never copied in).
+SHARED_DATA = Path(os.environ.get("QIEEMO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "emodb").is_dir():
+        pytest.skip(f"real corpora not found under {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def emodb_dir(shared_data: Path) -> Path:
+    return shared_data / "emodb"
+
+
+@pytest.fixture(scope="session")
+def ravdess_dir(shared_data: Path) -> Path:
+    return shared_data / "ravdess"
