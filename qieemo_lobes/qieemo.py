@@ -1,0 +1,493 @@
+"""The Qieemo emotion head: multi-block fusion, cross-modal attention, pooling, classifier.
+
+Qieemo (arXiv 2503.22687) reads emotion from a frozen, pretrained ASR encoder. Its intermediate
+blocks carry the acoustic (emotion) information and its final output, the phonetic posteriorgram
+(PPG), carries the text. The stage-2 model trained on top of the encoder is built here:
+
+1. :class:`MultiBlockFusion` (MMF) weights the chosen encoder blocks, stacks them as channels and
+   merges them with a 2-D convolution into one emotion feature sequence.
+2. :class:`CrossModalAttention` (CMA) lets the emotion features (queries) attend to the PPG
+   (keys and values).
+3. Pooling over time (masked mean, or SpeechBrain's attentive statistics pooling from ECAPA-TDNN).
+4. A linear or small MLP classifier returning logits.
+
+:class:`QieemoHead` assembles the four for HyperPyYAML and implements the ablations
+``use_mmf=False`` (the last encoder block alone, projected) and ``use_cma=False`` (no PPG).
+
+Encoder convention: an encoder returns ``(blocks, ppg)`` with ``blocks`` of shape
+``(n_blocks, batch, time, dim)`` holding every block's output (block ``k``, 1-based, is
+``blocks[k - 1]``) and ``ppg`` of shape ``(batch, time, ppg_dim)``. ``lengths`` are SpeechBrain
+relative lengths in [0, 1]; frame ``t`` of an utterance is valid when ``t < round(length * time)``.
+
+Authors
+ * qieemo project
+"""
+
+from __future__ import annotations
+
+import torch
+from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
+from speechbrain.nnet.attention import PositionalwiseFeedForward
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "length_mask",
+    "MultiBlockFusion",
+    "CrossModalAttention",
+    "MeanPooling",
+    "QieemoHead",
+]
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Boolean mask of the valid frames, ``True`` where a frame belongs to the utterance.
+
+    The number of valid frames is ``round(length * max_len)`` (at least one), as in SpeechBrain's
+    ``StatisticsPooling``; rounding makes the mask immune to float error in relative lengths.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        Relative lengths, shape ``(batch,)``.
+    max_len : int
+        Number of frames of the padded batch.
+
+    Returns
+    -------
+    mask : torch.Tensor
+        Boolean tensor of shape ``(batch, max_len)``.
+
+    Example
+    -------
+    >>> length_mask(torch.tensor([1.0, 0.5, 0.01]), 4)
+    tensor([[ True,  True,  True,  True],
+            [ True,  True, False, False],
+            [ True, False, False, False]])
+    """
+    n_frames = torch.round(lengths.float() * max_len).long().clamp(1, max_len)
+    return torch.arange(max_len, device=lengths.device) < n_frames.unsqueeze(1)
+
+
+class MultiBlockFusion(nn.Module):
+    """Multi-block fusion (MMF): merges chosen encoder blocks into one emotion feature sequence.
+
+    The selected blocks are scaled by learned, softmax-normalised weights (initially equal),
+    stacked as the channels of an image ``(batch, n_selected, time, dim)`` and merged to a single
+    channel by a ``Conv2d`` whose padding keeps ``time`` and ``dim``. LayerNorm over ``dim``, a
+    non-linearity, dropout and a linear projection ``dim -> output_dim`` follow. Padded frames are
+    zeroed before the convolution so that they cannot leak into valid frames.
+
+    Arguments
+    ---------
+    input_dim : int
+        Feature size ``dim`` of each encoder block.
+    output_dim : int
+        Size of the emotion features returned.
+    blocks : list of int
+        1-based ids of the encoder blocks to fuse (block ``k`` is ``blocks[k - 1]``).
+    kernel_size : int or tuple of int
+        Kernel of the merging convolution over ``(time, dim)``; odd sizes only.
+    dropout : float
+        Dropout before the output projection.
+    activation : type
+        Class of the non-linearity after the LayerNorm.
+
+    Example
+    -------
+    >>> mmf = MultiBlockFusion(input_dim=16, output_dim=8, blocks=[2, 4])
+    >>> blocks = torch.randn(4, 3, 10, 16)
+    >>> mmf(blocks, torch.tensor([1.0, 0.6, 0.3])).shape
+    torch.Size([3, 10, 8])
+    >>> mmf.block_weights().tolist()
+    [0.5, 0.5]
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        blocks: list[int],
+        kernel_size: int | tuple[int, int] = (3, 3),
+        dropout: float = 0.1,
+        activation: type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        blocks = [int(b) for b in blocks]
+        if not blocks or min(blocks) < 1 or len(set(blocks)) != len(blocks):
+            raise ValueError(f"blocks must be distinct 1-based block ids, got {blocks}")
+        if isinstance(kernel_size, int):
+            kernel_size = (kernel_size, kernel_size)
+        kernel_size = tuple(int(k) for k in kernel_size)
+        if len(kernel_size) != 2 or any(k % 2 == 0 for k in kernel_size):
+            raise ValueError(f"kernel_size must be two odd sizes, got {kernel_size}")
+        self.blocks = blocks
+        self.register_buffer("block_index", torch.tensor(blocks) - 1, persistent=False)
+        # Zero logits: the softmax starts with equal weights.
+        self.block_logits = nn.Parameter(torch.zeros(len(blocks)))
+        self.conv = nn.Conv2d(
+            len(blocks), 1, kernel_size, padding=(kernel_size[0] // 2, kernel_size[1] // 2)
+        )
+        self.norm = nn.LayerNorm(input_dim)
+        self.activation = activation()
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(input_dim, output_dim)
+
+    def block_weights(self) -> torch.Tensor:
+        """Returns the softmax-normalised weights of the selected blocks, shape ``(n_selected,)``."""
+        return torch.softmax(self.block_logits, dim=0)
+
+    def forward(self, blocks: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Fuses the selected blocks.
+
+        Arguments
+        ---------
+        blocks : torch.Tensor
+            All encoder block outputs, shape ``(n_blocks, batch, time, input_dim)``.
+        lengths : torch.Tensor or None
+            Relative lengths, shape ``(batch,)``.
+
+        Returns
+        -------
+        features : torch.Tensor
+            Emotion features, shape ``(batch, time, output_dim)``.
+        """
+        if max(self.blocks) > blocks.shape[0]:
+            raise ValueError(
+                f"MultiBlockFusion selects blocks {self.blocks} but got {blocks.shape[0]} blocks"
+            )
+        _, batch, time, _ = blocks.shape
+        x = blocks.index_select(0, self.block_index)  # (C, B, T, D), a copy
+        if lengths is not None:
+            x.masked_fill_(~length_mask(lengths, time).view(1, batch, time, 1), 0.0)
+        # (B, C, T, D) in channels-last layout: 2-4x faster convolution on CPU here.
+        x = x.transpose(0, 1).contiguous(memory_format=torch.channels_last)
+        # Scaling block c by w_c before the (linear) convolution equals scaling the kernel's
+        # input channel c by w_c; done on the kernel, the frozen blocks need no gradient.
+        weight = self.conv.weight * self.block_weights().view(1, -1, 1, 1)
+        x = F.conv2d(x, weight, self.conv.bias, padding=self.conv.padding).squeeze(1)  # (B, T, D)
+        x = self.dropout(self.activation(self.norm(x)))
+        return self.proj(x)
+
+
+class CrossModalAttention(nn.Module):
+    """Cross-modal attention (CMA): emotion features query the PPG.
+
+    Each layer is a post-norm transformer decoder layer without self-attention:
+    ``x = LayerNorm(x + Dropout(MHA(x, ppg, ppg)))`` then
+    ``x = LayerNorm(x + Dropout(FFN(x)))``, with torch's ``nn.MultiheadAttention`` (keys and
+    values are projected from ``kv_dim`` by its own in-projection) and SpeechBrain's
+    ``PositionalwiseFeedForward``. Padded PPG frames are excluded with ``key_padding_mask``;
+    padded query frames are computed but must be masked by whatever pools the output.
+
+    Arguments
+    ---------
+    query_dim : int
+        Size of the emotion features (queries); projected to ``d_model`` when different.
+    kv_dim : int
+        Size of the PPG frames (keys and values).
+    d_model : int
+        Attention size, also the size of the output.
+    nhead : int
+        Number of attention heads.
+    num_layers : int
+        Number of stacked cross-attention layers.
+    d_ffn : int
+        Hidden size of the position-wise feed-forward network.
+    dropout : float
+        Dropout on the attention weights and on both residual branches.
+    activation : type
+        Class of the feed-forward non-linearity.
+
+    Example
+    -------
+    >>> cma = CrossModalAttention(query_dim=8, kv_dim=6, d_model=16, nhead=2, num_layers=2,
+    ...                           d_ffn=32)
+    >>> cma(torch.randn(3, 10, 8), torch.randn(3, 10, 6), torch.tensor([1.0, 0.5, 0.2])).shape
+    torch.Size([3, 10, 16])
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        kv_dim: int,
+        d_model: int = 256,
+        nhead: int = 4,
+        num_layers: int = 1,
+        d_ffn: int = 512,
+        dropout: float = 0.1,
+        activation: type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.query_proj = nn.Identity() if query_dim == d_model else nn.Linear(query_dim, d_model)
+        self.attn = nn.ModuleList(
+            nn.MultiheadAttention(
+                d_model, nhead, dropout=dropout, kdim=kv_dim, vdim=kv_dim, batch_first=True
+            )
+            for _ in range(num_layers)
+        )
+        self.attn_norm = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_layers))
+        self.ffn = nn.ModuleList(
+            PositionalwiseFeedForward(
+                d_ffn, input_size=d_model, dropout=dropout, activation=activation
+            )
+            for _ in range(num_layers)
+        )
+        self.ffn_norm = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_layers))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, query: torch.Tensor, ppg: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attends from the emotion features to the PPG.
+
+        Arguments
+        ---------
+        query : torch.Tensor
+            Emotion features, shape ``(batch, time, query_dim)``.
+        ppg : torch.Tensor
+            PPG, shape ``(batch, time_kv, kv_dim)``.
+        lengths : torch.Tensor or None
+            Relative lengths of the PPG, shape ``(batch,)``.
+
+        Returns
+        -------
+        output : torch.Tensor
+            Shape ``(batch, time, d_model)``.
+        """
+        padding = None
+        if lengths is not None:
+            padding = ~length_mask(lengths, ppg.shape[1])
+            # Zero padded frames: masked keys get zero attention, but 0 * inf would still be NaN.
+            ppg = ppg.masked_fill(padding.unsqueeze(-1), 0.0)
+        x = self.query_proj(query)
+        for attn, attn_norm, ffn, ffn_norm in zip(
+            self.attn, self.attn_norm, self.ffn, self.ffn_norm, strict=True
+        ):
+            context, _ = attn(x, ppg, ppg, key_padding_mask=padding, need_weights=False)
+            x = attn_norm(x + self.dropout(context))
+            x = ffn_norm(x + self.dropout(ffn(x)))
+        return x
+
+
+class MeanPooling(nn.Module):
+    """Mean over the valid frames of each utterance.
+
+    SpeechBrain's ``StatisticsPooling(return_std=False)`` computes the same mean but loops over
+    the utterances in Python and adds random noise to the mean even in eval mode, which would make
+    logits irreproducible; this masked mean is vectorised and deterministic.
+
+    Example
+    -------
+    >>> x = torch.tensor([[[1.0], [3.0], [100.0]]])
+    >>> MeanPooling()(x, torch.tensor([2 / 3]))
+    tensor([[2.]])
+    """
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Pools ``x`` of shape ``(batch, time, dim)`` to ``(batch, dim)``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Frame features, shape ``(batch, time, dim)``.
+        lengths : torch.Tensor or None
+            Relative lengths, shape ``(batch,)``.
+
+        Returns
+        -------
+        pooled : torch.Tensor
+            Shape ``(batch, dim)``.
+        """
+        if lengths is None:
+            return x.mean(dim=1)
+        mask = length_mask(lengths, x.shape[1]).unsqueeze(-1)
+        return x.masked_fill(~mask, 0.0).sum(dim=1) / mask.sum(dim=1)
+
+
+class QieemoHead(nn.Module):
+    """The Qieemo stage-2 model: MMF -> CMA -> pooling -> classifier, returning logits.
+
+    ``forward(blocks, ppg, lengths)`` takes the frozen encoder's outputs: ``blocks`` with every
+    block ``(n_encoder_blocks, batch, time, input_dim)`` and ``ppg`` ``(batch, time, ppg_dim)``.
+    The batch is first cut to its longest utterance, so frames padded in every utterance cost
+    nothing. Padded frames never change the logits in eval mode (in training mode only through
+    the BatchNorm statistics of the attentive pooling, as in ECAPA-TDNN).
+
+    Ablations: ``use_mmf=False`` replaces MMF by the last encoder block alone, projected to
+    ``d_model`` (LayerNorm, non-linearity, linear); ``use_cma=False`` pools the emotion features
+    directly and never reads the PPG.
+
+    Arguments
+    ---------
+    input_dim : int
+        Feature size of the encoder blocks.
+    ppg_dim : int
+        Feature size of the PPG.
+    n_classes : int
+        Number of emotion classes.
+    blocks : list of int
+        1-based ids of the encoder blocks fused by MMF.
+    n_encoder_blocks : int
+        Number of blocks the encoder returns (the last one is used when ``use_mmf=False``).
+    d_model : int
+        Size of the emotion features and of the attention.
+    use_mmf : bool
+        Fuse ``blocks`` with MMF; if False, use the last encoder block alone.
+    use_cma : bool
+        Let the emotion features attend to the PPG; if False, the PPG is ignored.
+    cma_layers : int
+        Number of cross-attention layers.
+    nhead : int
+        Number of attention heads.
+    d_ffn : int
+        Hidden size of the CMA feed-forward networks.
+    pooling : str
+        ``"attentive"`` (attentive statistics pooling, mean and std: ``2 * d_model`` features) or
+        ``"mean"`` (masked mean: ``d_model`` features).
+    attention_channels : int
+        Hidden size of the attentive pooling.
+    classifier_hidden : int
+        Hidden size of a one-hidden-layer MLP classifier; 0 gives a linear classifier.
+    dropout : float
+        Dropout used throughout (MMF, CMA, before the classifier).
+    kernel_size : int or tuple of int
+        Kernel of the MMF convolution over ``(time, dim)``.
+    activation : type
+        Class of the non-linearity used throughout.
+
+    Example
+    -------
+    >>> head = QieemoHead(input_dim=16, ppg_dim=10, n_classes=4, blocks=[2, 3],
+    ...                   n_encoder_blocks=3, d_model=8, nhead=2, d_ffn=16)
+    >>> blocks, ppg = torch.randn(3, 5, 20, 16), torch.randn(5, 20, 10)
+    >>> head(blocks, ppg, torch.tensor([1.0, 0.9, 0.5, 0.5, 0.1])).shape
+    torch.Size([5, 4])
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        ppg_dim: int,
+        n_classes: int,
+        blocks: list[int],
+        n_encoder_blocks: int,
+        d_model: int = 256,
+        use_mmf: bool = True,
+        use_cma: bool = True,
+        cma_layers: int = 1,
+        nhead: int = 4,
+        d_ffn: int = 512,
+        pooling: str = "attentive",
+        attention_channels: int = 128,
+        classifier_hidden: int = 0,
+        dropout: float = 0.1,
+        kernel_size: int | tuple[int, int] = (3, 3),
+        activation: type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        if max(blocks) > n_encoder_blocks:
+            raise ValueError(f"blocks {list(blocks)} exceed n_encoder_blocks={n_encoder_blocks}")
+        if pooling not in ("attentive", "mean"):
+            raise ValueError(f'pooling must be "attentive" or "mean", got {pooling!r}')
+        self.n_encoder_blocks = n_encoder_blocks
+        self.use_mmf = use_mmf
+        self.use_cma = use_cma
+        self.pooling = pooling
+
+        # 1. Emotion features (B, T, d_model).
+        if use_mmf:
+            self.mmf = MultiBlockFusion(
+                input_dim, d_model, blocks, kernel_size, dropout=dropout, activation=activation
+            )
+        else:
+            self.last_block = nn.Sequential(
+                nn.LayerNorm(input_dim),
+                activation(),
+                nn.Dropout(dropout),
+                nn.Linear(input_dim, d_model),
+            )
+
+        # 2. Cross-modal attention to the PPG.
+        if use_cma:
+            self.cma = CrossModalAttention(
+                d_model, ppg_dim, d_model, nhead, cma_layers, d_ffn, dropout, activation
+            )
+
+        # 3. Pooling over time.
+        if pooling == "attentive":
+            self.pool = AttentiveStatisticsPooling(d_model, attention_channels=attention_channels)
+            pooled_dim = 2 * d_model
+        else:
+            self.pool = MeanPooling()
+            pooled_dim = d_model
+
+        # 4. Classifier.
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        if classifier_hidden > 0:
+            layers += [
+                nn.Linear(pooled_dim, classifier_hidden),
+                activation(),
+                nn.Dropout(dropout),
+            ]
+            pooled_dim = classifier_hidden
+        layers.append(nn.Linear(pooled_dim, n_classes))
+        self.classifier = nn.Sequential(*layers)
+
+    def block_weights(self) -> torch.Tensor | None:
+        """Returns MMF's softmax block weights, or ``None`` when ``use_mmf=False``."""
+        return self.mmf.block_weights() if self.use_mmf else None
+
+    def forward(
+        self, blocks: torch.Tensor, ppg: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Computes the emotion logits.
+
+        Arguments
+        ---------
+        blocks : torch.Tensor
+            All encoder block outputs, shape ``(n_encoder_blocks, batch, time, input_dim)``.
+        ppg : torch.Tensor
+            Final encoder output, shape ``(batch, time, ppg_dim)``.
+        lengths : torch.Tensor or None
+            Relative lengths, shape ``(batch,)``.
+
+        Returns
+        -------
+        logits : torch.Tensor
+            Shape ``(batch, n_classes)``.
+        """
+        n_blocks, batch, time, _ = blocks.shape
+        if n_blocks != self.n_encoder_blocks:
+            raise ValueError(
+                f"QieemoHead expects {self.n_encoder_blocks} encoder blocks, got {n_blocks}"
+            )
+        if ppg.shape[:2] != (batch, time):
+            raise ValueError(f"ppg shape {tuple(ppg.shape)} does not match blocks {blocks.shape}")
+        if lengths is None:
+            lengths = torch.ones(batch, device=blocks.device)
+
+        # Cut the frames padded in every utterance; relative lengths become n_frames / time.
+        n_frames = torch.round(lengths.float() * time).long().clamp(1, time)
+        time = int(n_frames.max())
+        blocks, ppg = blocks[:, :, :time], ppg[:, :time]
+        lengths = n_frames.float() / time
+
+        if self.use_mmf:
+            x = self.mmf(blocks, lengths)
+        else:
+            x = self.last_block(blocks[self.n_encoder_blocks - 1])
+        if self.use_cma:
+            x = self.cma(x, ppg, lengths)
+
+        if self.pooling == "attentive":
+            # Padded frames are zeroed (0 * NaN garbage would survive the attention mask).
+            # AttentiveStatisticsPooling keeps frames with t < lengths * time (no rounding), so
+            # pass half a frame less: float error in n / time * time cannot admit a padded frame.
+            x = x.masked_fill(~length_mask(lengths, time).unsqueeze(-1), 0.0)
+            pooled = self.pool(x.transpose(1, 2), (n_frames.float() - 0.5) / time).squeeze(-1)
+        else:
+            pooled = self.pool(x, lengths)
+        return self.classifier(pooled)
