@@ -141,13 +141,18 @@ class WhisperBlocks(nn.Module):
     @property
     def identity(self) -> str:
         """A short string that changes whenever the weights or the window change (cache key)."""
-        if self.source in OFFLINE_MODELS:
-            weights = f"{self.source}@{alias_fingerprint(self.source)}"
+        return self.identity_for(self.source, self.window)
+
+    @staticmethod
+    def identity_for(source: str, window: str) -> str:
+        """``identity`` of an encoder with these settings, without loading its weights."""
+        if source in OFFLINE_MODELS:
+            weights = f"{source}@{alias_fingerprint(source)}"
         else:
-            weights = self.source
-        tag = hashlib.sha1(f"{weights}|{self.window}".encode()).hexdigest()[:10]
-        name = Path(self.source).name or self.source
-        return f"{name.replace('/', '_')}-{self.window}-{tag}"
+            weights = source
+        tag = hashlib.sha1(f"{weights}|{window}".encode()).hexdigest()[:10]
+        name = Path(source).name or source
+        return f"{name.replace('/', '_')}-{window}-{tag}"
 
     def train(self, mode: bool = True) -> WhisperBlocks:
         super().train(mode)

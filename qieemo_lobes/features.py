@@ -157,3 +157,35 @@ class FeatureCache:
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
                 torch.save(entry, tmp)
             os.replace(tmp.name, path)
+
+
+def speaker_statistics(entries: dict[str, Path], speaker_of: dict[str, str]) -> dict[str, dict]:
+    """Per-speaker mean and std of every block and of the PPG, over all of a speaker's frames.
+
+    Used for per-speaker feature normalisation, which is transductive: it needs several
+    (unlabelled) utterances of each test speaker. No label is read. Keep it off where a single
+    file is classified, and report results with and without it.
+
+    Returns ``{speaker: {"blocks": (mean, std) of shape (n_blocks, 1, D), "ppg": (mean, std)
+    of shape (1, P)}}``.
+    """
+    sums: dict[str, list] = {}
+    for utt, path in entries.items():
+        stored = torch.load(path, map_location="cpu")
+        blocks, ppg = stored["blocks"].double(), stored["ppg"].double()
+        acc = sums.setdefault(speaker_of[utt], [0, 0.0, 0.0, 0.0, 0.0])
+        acc[0] += blocks.shape[1]
+        acc[1] = acc[1] + blocks.sum(1, keepdim=True)
+        acc[2] = acc[2] + (blocks**2).sum(1, keepdim=True)
+        acc[3] = acc[3] + ppg.sum(0, keepdim=True)
+        acc[4] = acc[4] + (ppg**2).sum(0, keepdim=True)
+    stats = {}
+    for speaker, (n, b1, b2, p1, p2) in sums.items():
+        b_mean, p_mean = b1 / n, p1 / n
+        b_std = (b2 / n - b_mean**2).clamp(min=0).sqrt().clamp(min=1e-5)
+        p_std = (p2 / n - p_mean**2).clamp(min=0).sqrt().clamp(min=1e-5)
+        stats[speaker] = {
+            "blocks": (b_mean.float(), b_std.float()),
+            "ppg": (p_mean.float(), p_std.float()),
+        }
+    return stats

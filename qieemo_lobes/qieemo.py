@@ -357,6 +357,10 @@ class QieemoHead(nn.Module):
         Kernel of the MMF convolution over ``(time, dim)``.
     activation : type
         Class of the non-linearity used throughout.
+    frame_stride : int
+        Average the encoder frames in non-overlapping windows of this many frames first (2: from
+        Whisper's 50 to 25 frames a second), halving the head's cost; padded frames are excluded
+        from every average.
 
     Example
     -------
@@ -386,8 +390,12 @@ class QieemoHead(nn.Module):
         dropout: float = 0.1,
         kernel_size: int | tuple[int, int] = (3, 3),
         activation: type[nn.Module] = nn.GELU,
+        frame_stride: int = 1,
     ) -> None:
         super().__init__()
+        if frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+        self.frame_stride = frame_stride
         if max(blocks) > n_encoder_blocks:
             raise ValueError(f"blocks {list(blocks)} exceed n_encoder_blocks={n_encoder_blocks}")
         if pooling not in ("attentive", "mean"):
@@ -440,6 +448,21 @@ class QieemoHead(nn.Module):
         """Returns MMF's softmax block weights, or ``None`` when ``use_mmf=False``."""
         return self.mmf.block_weights() if self.use_mmf else None
 
+    def _average_frames(self, blocks, ppg, n_frames):
+        """Mean of every ``frame_stride`` valid frames; returns the new frame counts too."""
+        stride, time = self.frame_stride, blocks.shape[2]
+        pad = -time % stride
+        valid = nn.functional.pad(length_mask(n_frames.float() / time, time), (0, pad))  # (B, T)
+        # torch.where, not a product: padded frames may hold NaN, and NaN * 0 is NaN.
+        blocks = torch.where(
+            valid[None, :, :, None], nn.functional.pad(blocks, (0, 0, 0, pad)), 0.0
+        )
+        ppg = torch.where(valid[:, :, None], nn.functional.pad(ppg, (0, 0, 0, pad)), 0.0)
+        counts = valid.unflatten(1, (-1, stride)).sum(-1).clamp(min=1).to(blocks.dtype)
+        blocks = blocks.unflatten(2, (-1, stride)).sum(3) / counts[None, :, :, None]
+        ppg = ppg.unflatten(1, (-1, stride)).sum(2) / counts[:, :, None]
+        return blocks, ppg, (n_frames + stride - 1) // stride
+
     def forward(
         self, blocks: torch.Tensor, ppg: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -473,6 +496,9 @@ class QieemoHead(nn.Module):
         n_frames = torch.round(lengths.float() * time).long().clamp(1, time)
         time = int(n_frames.max())
         blocks, ppg = blocks[:, :, :time], ppg[:, :time]
+        if self.frame_stride > 1:
+            blocks, ppg, n_frames = self._average_frames(blocks, ppg, n_frames)
+            time = int(n_frames.max())
         lengths = n_frames.float() / time
 
         if self.use_mmf:

@@ -74,10 +74,13 @@ def test_block_weights_normalised_and_trained() -> None:
     assert make_head(use_mmf=False).block_weights() is None
 
 
+@pytest.mark.parametrize("frame_stride", [1, 2, 3])
 @pytest.mark.parametrize("pooling", ["attentive", "mean"])
 @pytest.mark.parametrize(("use_mmf", "use_cma"), ABLATIONS)
-def test_padding_invariance(use_mmf: bool, use_cma: bool, pooling: str) -> None:
-    head = make_head(use_mmf=use_mmf, use_cma=use_cma, pooling=pooling, cma_layers=2).eval()
+def test_padding_invariance(use_mmf: bool, use_cma: bool, pooling: str, frame_stride: int) -> None:
+    head = make_head(
+        use_mmf=use_mmf, use_cma=use_cma, pooling=pooling, cma_layers=2, frame_stride=frame_stride
+    ).eval()
     blocks, ppg = make_inputs()
     with torch.no_grad():
         reference = head(blocks, ppg, LENGTHS)
@@ -101,11 +104,16 @@ def test_padding_invariance(use_mmf: bool, use_cma: bool, pooling: str) -> None:
     assert torch.all(changed[[0, 1, 2, 4]] < 1e-5)
 
 
+@pytest.mark.parametrize("frame_stride", [1, 2])
 @pytest.mark.parametrize("pooling", ["attentive", "mean"])
 @pytest.mark.parametrize(("use_mmf", "use_cma"), ABLATIONS)
-def test_batch_equals_single_utterances(use_mmf: bool, use_cma: bool, pooling: str) -> None:
+def test_batch_equals_single_utterances(
+    use_mmf: bool, use_cma: bool, pooling: str, frame_stride: int
+) -> None:
     """Each utterance of a padded batch gets the logits it gets alone, unpadded."""
-    head = make_head(use_mmf=use_mmf, use_cma=use_cma, pooling=pooling).eval()
+    head = make_head(
+        use_mmf=use_mmf, use_cma=use_cma, pooling=pooling, frame_stride=frame_stride
+    ).eval()
     blocks, ppg = make_inputs()
     lengths = LENGTHS * 0.8  # no utterance fills the batch: exercises the cut to the longest
     with torch.no_grad():
@@ -258,3 +266,15 @@ def test_learns_task_needing_block_and_ppg() -> None:
     assert no_mmf < 0.65, no_mmf
     weights = head.block_weights()
     assert weights.argmax().item() == 0, weights  # block 2, the only informative block
+
+
+def test_frame_stride_averages_valid_frames_only() -> None:
+    head = make_head(frame_stride=2)
+    blocks = torch.arange(5.0)[None, None, :, None].expand(N_BLOCKS, 2, 5, 1)
+    ppg = torch.arange(5.0)[None, :, None].expand(2, 5, 1)
+    n_frames = torch.tensor([5, 3])
+    averaged, averaged_ppg, counts = head._average_frames(blocks, ppg, n_frames)
+    assert counts.tolist() == [3, 2]
+    assert averaged[0, 0, :, 0].tolist() == [0.5, 2.5, 4.0]  # last window holds one frame
+    assert averaged[0, 1, :2, 0].tolist() == [0.5, 2.0]  # frame 3 (padding) is not averaged in
+    assert averaged_ppg[1, :2, 0].tolist() == [0.5, 2.0]

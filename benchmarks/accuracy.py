@@ -1,0 +1,211 @@
+"""Accuracy side by side, on the same speaker-independent folds: qieemo against two baselines.
+
+Corpora: EmoDB (leave-one-speaker-out, 10 folds, 7 classes) and RAVDESS (6 folds of 4 actors,
+8 classes), from ``../shared/data``. Systems, all with frozen whisper-base (fit window) where an
+encoder is used:
+
+- (a) qieemo: ``recipes/<corpus>/emotion/cross_validate.py hparams/qieemo_whisper.yaml``
+  (MMF + CMA head), and the same with per-speaker feature normalisation (transductive: it uses
+  the test speaker's unlabelled utterances);
+- (b) probe: standardise + logistic regression (C=0.1) on the time-mean of one block, the block
+  chosen per test fold by an inner cross-validation on the training folds (honest), and the same
+  on per-speaker-normalised means;
+- (c) openSMILE ComParE_2016 functionals + linear SVM (C chosen by inner cross-validation).
+
+    python benchmarks/accuracy.py --fresh-cache
+
+prints one table (WA, UA, WF1 as mean +- std over folds, and wall times) and writes it with the
+command to ``benchmarks/results/accuracy.md``. ``--fresh-cache`` starts the qieemo run from an
+empty feature cache, so its wall time includes feature extraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import baselines  # noqa: E402
+
+CORPORA = {
+    "emodb": ("EmoDB", "emodb"),
+    "ravdess": ("RAVDESS", "ravdess"),
+}
+
+
+def run_qieemo(
+    corpus: str, data: Path, out: Path, cache: Path, *overrides: str
+) -> tuple[dict, float]:
+    recipe = REPO / "recipes" / CORPORA[corpus][0] / "emotion"
+    command = [
+        sys.executable,
+        "cross_validate.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        f"--feature_cache={cache}",
+        *overrides,
+    ]
+    print(f"[{corpus}] qieemo {' '.join(overrides) or '(default)'} ...", flush=True)
+    start = time.time()
+    code = subprocess.call(command, cwd=recipe)
+    wall = time.time() - start
+    if code != 0:
+        raise SystemExit(f"{corpus}: cross_validate.py failed with exit code {code}")
+    summary = json.loads((out / "summary.json").read_text())
+    return summary, wall
+
+
+def block_means(items: list[dict], cache: Path, speaker_norm: bool) -> np.ndarray:
+    """``(n_blocks + 1, N, D)``: time-mean of every block and of the PPG, from the feature cache."""
+    from qieemo_lobes.encoders import WhisperBlocks
+    from qieemo_lobes.features import FeatureCache, speaker_statistics
+
+    identity = WhisperBlocks.identity_for("whisper-base", "fit")
+    reader = FeatureCache(SimpleNamespace(identity=identity), cache)
+    entries = {str(i): reader.entry(item["path"]) for i, item in enumerate(items)}
+    stats = None
+    if speaker_norm:
+        stats = speaker_statistics(
+            entries, {str(i): item["speaker"] for i, item in enumerate(items)}
+        )
+    means = []
+    for i, item in enumerate(items):
+        stored = torch.load(entries[str(i)], map_location="cpu")
+        blocks, ppg = stored["blocks"].float(), stored["ppg"].float()
+        if stats is not None:
+            (b_mean, b_std), (p_mean, p_std) = stats[item["speaker"]].values()
+            blocks, ppg = (blocks - b_mean) / b_std, (ppg - p_mean) / p_std
+        means.append(torch.cat([blocks.mean(1), ppg.mean(0, keepdim=True)]).numpy())
+    return np.stack(means, axis=1)
+
+
+def row(name: str, mean: dict, std: dict, wall: float | None, note: str = "") -> str:
+    cells = " | ".join(f"{mean[m]:.1f} +- {std[m]:.1f}" for m in ("wa", "ua", "wf1"))
+    return f"| {name} | {cells} | {'' if wall is None else f'{wall:.0f}'} | {note} |"
+
+
+def from_baseline(result: dict) -> tuple[dict, dict]:
+    mean, std = result["mean"], result["std"]
+    return (
+        {"wa": mean["WA"], "ua": mean["UA"], "wf1": mean["WF1"]},
+        {"wa": std["WA"], "ua": std["UA"], "wf1": std["WF1"]},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", default="emodb,ravdess")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--work", default=str(REPO / "results" / "benchmarks"))
+    parser.add_argument(
+        "--fresh-cache", action="store_true", help="start from an empty feature cache"
+    )
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accuracy.md"))
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    cache = work / "feature_cache"
+    if args.fresh_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+        for corpus in args.corpora.split(","):
+            shutil.rmtree(work / corpus, ignore_errors=True)
+
+    lines = []
+    for corpus in args.corpora.split(","):
+        data = Path(args.data) / CORPORA[corpus][1]
+        items = baselines.corpus_items(corpus, data)
+        y = np.array([item["label"] for item in items])
+        folds = np.array([item["fold"] for item in items])
+        table = [
+            f"### {CORPORA[corpus][0]} ({len(items)} utterances, {len(set(folds))} folds, {len(set(y))} classes)",
+            "",
+            "| system | WA | UA | WF1 | wall time (s) | note |",
+            "|---|---|---|---|---|---|",
+        ]
+        summary, wall = run_qieemo(corpus, data, work / corpus / "qieemo", cache)
+        table.append(
+            row(
+                "(a) qieemo, whisper-base frozen (MMF + CMA)",
+                summary["mean"],
+                summary["std"],
+                wall,
+                "feature extraction included" if args.fresh_cache else "features cached",
+            )
+        )
+        summary, wall = run_qieemo(
+            corpus, data, work / corpus / "qieemo_spknorm", cache, "--speaker_norm=True"
+        )
+        table.append(
+            row(
+                "(a) qieemo + per-speaker normalisation",
+                summary["mean"],
+                summary["std"],
+                wall,
+                "transductive (test speakers' unlabelled audio)",
+            )
+        )
+        for speaker_norm in (False, True):
+            start = time.time()
+            means = block_means(items, cache, speaker_norm)
+            probe = baselines.best_block_probe(means, y, folds, C=0.1, select="inner")
+            chosen = sorted({str(f["best_params"]) for f in probe["folds"]})
+            name = "(b) probe, best block by inner CV" + (
+                " + per-speaker normalisation" if speaker_norm else ""
+            )
+            table.append(
+                row(
+                    name,
+                    *from_baseline(probe),
+                    time.time() - start,
+                    f"blocks chosen: {', '.join(chosen)} (index {means.shape[0]} = final output)",
+                )
+            )
+        start = time.time()
+        features = baselines.opensmile_features(
+            [item["path"] for item in items], work / f"opensmile_{corpus}.npz"
+        )
+        svm = baselines.svm_baseline(features, y, folds)
+        table.append(
+            row(
+                "(c) openSMILE ComParE_2016 + linear SVM",
+                *from_baseline(svm),
+                time.time() - start,
+                "features cached" if time.time() - start < 30 else "feature extraction included",
+            )
+        )
+        print("\n".join(table), flush=True)
+        lines += table + [""]
+
+    header = [
+        "# Accuracy: qieemo against baselines, same folds",
+        "",
+        f"Command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"Date: {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}.",
+        "Metrics in percent, mean +- std over folds. WA accuracy, UA mean per-class recall, WF1 support-weighted F1.",
+        "EmoDB here is the altered shared copy (22.05 kHz, every clip cut or padded to 2.000 s): not",
+        "comparable with published EmoDB numbers.",
+        "",
+    ]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write("\n".join(header + lines))
+    os.replace(tmp.name, out)
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

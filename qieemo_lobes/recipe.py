@@ -1,0 +1,329 @@
+"""The stage-2 emotion recipe, shared by every corpus: one Brain, one data pipeline, one metric set.
+
+Each ``recipes/<CORPUS>/emotion/train.py`` is a few lines that hand its corpus' ``prepare``
+function to :func:`run_training`; everything else is configured by the recipe's HyperPyYAML
+file. One fold is trained per call::
+
+    python train.py hparams/qieemo_whisper.yaml --data_folder=DIR --output_folder=OUT --test_fold=K
+
+- Frozen encoder (default): its outputs come from the feature cache (``qieemo_lobes.features``)
+  through the data pipeline, so the encoder runs once per utterance, not once per epoch.
+- ``--freeze_encoder=False`` (optionally ``--unfreeze_top=N``) trains the encoder too, with its
+  own optimiser and learning rate (for GPU users).
+- The best checkpoint by validation UA is tested. ``OUT/test_metrics.json`` holds WA, UA, WF1,
+  macro-F1 (percent) and the confusion matrix; ``OUT/predictions.csv`` every test utterance with
+  one probability column per class.
+
+Example
+-------
+>>> metrics = classification_metrics(["sad", "sad", "happy"], ["sad", "happy", "happy"], ["happy", "sad"])
+>>> metrics["wa"], metrics["ua"], metrics["confusion"]
+(66.66666666666667, 75.0, [[1, 0], [1, 1]])
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
+
+from qieemo_lobes.features import FeatureCache, read_audio, speaker_statistics
+
+logger = get_logger(__name__)
+
+
+def classification_metrics(true: list[str], predicted: list[str], classes: list[str]) -> dict:
+    """WA (accuracy), UA (mean per-class recall), WF1, macro-F1 in percent, and the confusion.
+
+    UA averages the recall of the classes present in ``true``; the confusion matrix rows are the
+    true classes in ``classes`` order.
+    """
+    present = [c for c in classes if c in set(true)]
+    return {
+        "wa": 100.0 * accuracy_score(true, predicted),
+        "ua": 100.0
+        * recall_score(true, predicted, labels=present, average="macro", zero_division=0),
+        "wf1": 100.0
+        * f1_score(true, predicted, labels=present, average="weighted", zero_division=0),
+        "macro_f1": 100.0
+        * f1_score(true, predicted, labels=present, average="macro", zero_division=0),
+        "confusion": confusion_matrix(true, predicted, labels=classes).tolist(),
+    }
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(obj, tmp, indent=2)
+    os.replace(tmp.name, path)
+
+
+class EmotionBrain(sb.Brain):
+    """Encoder (or cached encoder outputs) -> Qieemo head -> log-probabilities over emotions."""
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        if self.hparams.use_feature_cache:
+            blocks, lens = batch.blocks  # (B, T, n_blocks, D), stored time-first
+            blocks = blocks.permute(2, 0, 1, 3).float()
+            ppg = batch.ppg.data.float()
+        else:
+            wavs, lens = batch.sig
+            if stage == sb.Stage.TRAIN and hasattr(self.hparams, "augment"):
+                wavs, lens = self.hparams.augment(wavs, lens)
+            blocks, ppg = self.modules.encoder(wavs, lens)
+        logits = self.modules.head(blocks, ppg, lens)
+        return self.hparams.log_softmax(logits)
+
+    def compute_objectives(self, predictions, batch, stage):
+        labels, _ = batch.emo_encoded
+        labels = labels.squeeze(-1)
+        loss = self.hparams.compute_cost(predictions, labels)
+        if stage != sb.Stage.TRAIN:
+            self.outputs.append((batch.id, predictions.exp().detach().cpu(), labels.cpu()))
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        self.outputs = []
+
+    def _stage_metrics(self) -> tuple[dict, list]:
+        decode = self.hparams.label_encoder.decode_ndim
+        rows = []
+        for ids, probs, labels in self.outputs:
+            for utt, prob, label in zip(ids, probs, labels, strict=True):
+                rows.append((utt, decode(int(label)), decode(int(prob.argmax())), prob.tolist()))
+        classes = self.hparams.classes
+        return classification_metrics([r[1] for r in rows], [r[2] for r in rows], classes), rows
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        metrics, rows = self._stage_metrics()
+        stats = {"loss": stage_loss, **{k: metrics[k] for k in ("wa", "ua", "wf1")}}
+        if stage == sb.Stage.VALID:
+            old_lr, new_lr = self.hparams.lr_annealing(-metrics["ua"])
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch, "lr": old_lr, **self._block_weights()},
+                train_stats={"loss": self.train_loss},
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(meta={"ua": metrics["ua"]}, max_keys=["ua"])
+        elif stage == sb.Stage.TEST:
+            self.hparams.train_logger.log_stats(
+                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            )
+            self.test_metrics, self.test_rows = metrics, rows
+
+    def _block_weights(self) -> dict:
+        head = getattr(self.modules.head, "module", self.modules.head)  # unwrap DDP
+        mmf = getattr(head, "mmf", None)
+        if mmf is None or not hasattr(mmf, "block_weights"):
+            return {}
+        weights = mmf.block_weights().detach().cpu().tolist()
+        return {f"w{b}": round(w, 3) for b, w in zip(mmf.blocks, weights, strict=True)}
+
+    def init_optimizers(self):
+        self.optimizer = self.hparams.opt_class(self.modules.head.parameters())
+        self.optimizers_dict = {"optimizer": self.optimizer}
+        encoder_params = []
+        if not self.hparams.use_feature_cache and "encoder" in self.modules:
+            encoder_params = [p for p in self.modules.encoder.parameters() if p.requires_grad]
+        if encoder_params:
+            self.encoder_optimizer = self.hparams.encoder_opt_class(encoder_params)
+            self.optimizers_dict["encoder_optimizer"] = self.encoder_optimizer
+        if self.checkpointer is not None:
+            for name, optimizer in self.optimizers_dict.items():
+                self.checkpointer.add_recoverable(name, optimizer)
+
+
+def dataio_prepare(
+    hparams: dict, feature_paths: dict | None, speaker_stats: dict | None = None
+) -> dict:
+    """DynamicItemDatasets for train/valid/test, sorted by duration for evaluation.
+
+    With ``feature_paths`` (``{utterance id: cache entry}``) the pipeline yields the cached
+    ``blocks`` (time-first) and ``ppg``, standardised per speaker when ``speaker_stats`` is
+    given; otherwise the waveform ``sig``.
+    """
+    label_encoder = hparams["label_encoder"]
+
+    @sb.utils.data_pipeline.takes("emo")
+    @sb.utils.data_pipeline.provides("emo", "emo_encoded")
+    def label_pipeline(emo):
+        yield emo
+        yield label_encoder.encode_label_torch(emo)
+
+    if feature_paths is not None:
+
+        @sb.utils.data_pipeline.takes("id", "spk_id")
+        @sb.utils.data_pipeline.provides("blocks", "ppg")
+        def feature_pipeline(utt_id, speaker):
+            stored = torch.load(feature_paths[utt_id], map_location="cpu")
+            blocks, ppg = stored["blocks"], stored["ppg"]
+            if speaker_stats is not None:
+                (b_mean, b_std), (p_mean, p_std) = speaker_stats[speaker].values()
+                blocks, ppg = (blocks.float() - b_mean) / b_std, (ppg.float() - p_mean) / p_std
+            yield blocks.transpose(0, 1)  # (T, n_blocks, D): padded along time
+            yield ppg
+
+        items, keys = [feature_pipeline, label_pipeline], ["id", "blocks", "ppg", "emo_encoded"]
+    else:
+
+        @sb.utils.data_pipeline.takes("wav", "start", "stop")
+        @sb.utils.data_pipeline.provides("sig")
+        def audio_pipeline(wav, start, stop):
+            return read_audio(wav, start, stop)
+
+        items, keys = [audio_pipeline, label_pipeline], ["id", "sig", "emo_encoded"]
+
+    datasets = {}
+    for split in ("train", "valid", "test"):
+        dataset = sb.dataio.dataset.DynamicItemDataset.from_json(
+            json_path=hparams[f"{split}_annotation"], dynamic_items=items, output_keys=keys
+        )
+        for record in dataset.data.values():  # optional fields of the manifest
+            record.setdefault("start", None)
+            record.setdefault("stop", None)
+        if split != "train":
+            dataset = dataset.filtered_sorted(sort_key="duration")
+        datasets[split] = dataset
+    label_encoder.load_or_create(
+        path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
+        from_iterables=[hparams["classes"]],
+    )
+    return datasets
+
+
+def _read_manifests(hparams: dict) -> dict:
+    records = {}
+    for split in ("train", "valid", "test"):
+        with open(hparams[f"{split}_annotation"]) as fh:
+            records.update(json.load(fh))
+    return records
+
+
+def write_predictions(rows: list, classes: list[str], path: str | os.PathLike) -> None:
+    """``utterance,true,predicted,<p(class)>...`` for every test utterance (temp file + rename)."""
+    path = Path(path)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, suffix=".tmp", delete=False, newline=""
+    ) as tmp:
+        writer = csv.writer(tmp)
+        writer.writerow(["utterance", "true", "predicted", *classes])
+        for utt, true, predicted, probs in rows:
+            writer.writerow([utt, true, predicted, *(f"{p:.6f}" for p in probs)])
+    os.replace(tmp.name, path)
+
+
+def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
+    """Train and test one fold: the body of every emotion recipe's ``train.py``.
+
+    ``prepare`` is the corpus' ``prepare_<corpus>`` function. Returns the test metrics.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    summary = {}
+
+    def _prepare():
+        summary.update(
+            prepare(
+                hparams["data_folder"],
+                hparams["train_annotation"],
+                hparams["valid_annotation"],
+                hparams["test_annotation"],
+                test_fold=hparams["test_fold"],
+                valid_split=hparams["valid_split"],
+                valid_ratio=hparams["valid_ratio"],
+                classes=hparams["classes"],
+                seed=hparams["seed"],
+            )
+        )
+
+    run_on_main(_prepare)
+
+    modules = {"head": hparams["head"]}
+    feature_paths = speaker_stats = None
+    if hparams["use_feature_cache"]:
+        if not hparams["freeze_encoder"]:
+            raise ValueError("use_feature_cache needs freeze_encoder: True")
+        cache = FeatureCache(hparams["encoder"], hparams["feature_cache"])
+        records = _read_manifests(hparams)
+        run_on_main(cache.precompute, kwargs={"utterances": records})
+        feature_paths = cache.precompute(records, progress=False)  # all cached now: paths only
+        if hparams.get("speaker_norm", False):
+            speaker_stats = speaker_statistics(
+                feature_paths, {utt: record["spk_id"] for utt, record in records.items()}
+            )
+    else:
+        if hparams.get("speaker_norm", False):
+            raise ValueError("speaker_norm needs the feature cache (use_feature_cache: True)")
+        modules["encoder"] = hparams["encoder"]
+
+    datasets = dataio_prepare(hparams, feature_paths, speaker_stats)
+    brain = EmotionBrain(
+        modules=modules,
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    brain.evaluate(
+        datasets["test"], max_key="ua", test_loader_kwargs=hparams["test_dataloader_opts"]
+    )
+    result = {
+        "fold": str(summary.get("test_fold", hparams["test_fold"])),
+        "n_train": len(datasets["train"]),
+        "n_valid": len(datasets["valid"]),
+        "n_test": len(datasets["test"]),
+        "classes": list(hparams["classes"]),
+        **brain.test_metrics,
+    }
+    if if_main_process():
+        out = Path(hparams["output_folder"])
+        write_predictions(brain.test_rows, list(hparams["classes"]), out / "predictions.csv")
+        plain = (str, int, float, bool, type(None))
+        write_json_atomic(
+            {
+                "dataset": summary.get("corpus", "unknown"),
+                "backbone": f"{hparams.get('encoder_source', 'encoder')} ({hparams.get('window', '')})",
+                "hparams": {
+                    k: v
+                    for k, v in hparams.items()
+                    if isinstance(v, plain)
+                    or (isinstance(v, list) and all(isinstance(i, plain) for i in v))
+                },
+            },
+            out / "run_info.json",
+        )
+        # Written last: its presence marks the fold as finished for cross-validation.
+        write_json_atomic(result, out / "test_metrics.json")
+    return result

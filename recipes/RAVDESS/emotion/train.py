@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Qieemo emotion recognition on RAVDESS (speech), one fold of 4 held-out actors.
+
+    python train.py hparams/qieemo_whisper.yaml --data_folder=DIR --test_fold=K
+
+The recipe logic is shared by every corpus (``qieemo_lobes.recipe``); this file only names the
+corpus' data preparation.
+"""
+
+from ravdess_prepare import prepare_ravdess
+
+from qieemo_lobes.recipe import run_training
+
+if __name__ == "__main__":
+    run_training(prepare_ravdess)

@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Qieemo emotion recognition on URDU, one fold of held-out speakers.
+
+    python train.py hparams/qieemo_whisper.yaml --data_folder=DIR --test_fold=K
+
+The recipe logic is shared by every corpus (``qieemo_lobes.recipe``); this file only names the
+corpus' data preparation.
+"""
+
+from urdu_prepare import prepare_urdu
+
+from qieemo_lobes.recipe import run_training
+
+if __name__ == "__main__":
+    run_training(prepare_urdu)

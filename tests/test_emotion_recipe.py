@@ -1,0 +1,220 @@
+"""The stage-2 recipe end to end on real speech: cross-validation over held-out EmoDB speakers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+RECIPE = REPO_ROOT / "recipes" / "EmoDB" / "emotion"
+SPEAKERS = ("03", "08", "09")
+# whisper-tiny.en keeps CI fast: 4 blocks of 384.
+TINY = [
+    "--encoder_source=whisper-tiny.en",
+    "--n_encoder_blocks=4",
+    "--encoder_dim=384",
+    "--fusion_blocks=[1,2]",
+    "--d_model=64",
+    "--d_ffn=128",
+    "--number_of_epochs=15",
+    # With 2 training speakers, holding one out for validation would halve the training data.
+    "--valid_split=utterance",
+]
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory, emodb_dir) -> Path:
+    """Three EmoDB speakers, linked (not copied) into a corpus root of their own."""
+    root = tmp_path_factory.mktemp("emodb3")
+    for wav in sorted(emodb_dir.glob("*.wav")):
+        if wav.name[:2] in SPEAKERS:
+            os.symlink(wav, root / wav.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("features")
+
+
+def cross_validate(
+    subset: Path, out: Path, cache: Path, *extra: str
+) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "cross_validate.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={out}",
+        f"--feature_cache={cache}",
+        *TINY,
+        *extra,
+    ]
+    return subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, subset, feature_cache):
+    out = tmp_path_factory.mktemp("cv")
+    result = cross_validate(subset, out, feature_cache)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+def test_summary_has_every_fold_and_field(finished, subset):
+    out, _ = finished
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "emodb"
+    assert "whisper-tiny.en" in summary["backbone"]
+    assert [f["fold"] for f in summary["folds"]] == list(SPEAKERS)
+    n_utterances = len(list(subset.glob("*.wav")))
+    assert sum(f["n_test"] for f in summary["folds"]) == n_utterances
+    assert sum(summary["class_counts"].values()) == n_utterances
+    for fold in summary["folds"]:
+        assert set(fold) >= {
+            "fold",
+            "n_train",
+            "n_valid",
+            "n_test",
+            "classes",
+            "wa",
+            "ua",
+            "wf1",
+            "macro_f1",
+            "confusion",
+        }
+        # Validation comes from the training fold: every utterance is used exactly once.
+        assert fold["n_train"] + fold["n_valid"] + fold["n_test"] == n_utterances
+        assert sum(map(sum, fold["confusion"])) == fold["n_test"]
+    for block in ("mean", "std"):
+        assert set(summary[block]) == {"wa", "ua", "wf1", "macro_f1"}
+    assert summary["hparams"]["encoder_source"] == "whisper-tiny.en"
+    assert summary["versions"]["speechbrain"] == "1.1.2"
+    assert summary["wall_time_s"] > 0
+    assert (out / "confusion.png").stat().st_size > 1000
+    assert "mean +- std" in (out / "report.md").read_text()
+
+
+def test_held_out_speakers_are_recognised_above_chance(finished):
+    out, _ = finished
+    summary = json.loads((out / "summary.json").read_text())
+    chance = 100.0 / len(summary["classes"])  # 7 classes: 14.3 %
+    assert summary["mean"]["ua"] > 2.5 * chance, summary["mean"]
+    assert summary["mean"]["wa"] > 2.5 * chance, summary["mean"]
+
+
+def test_predictions_cover_every_test_utterance_once(finished, subset):
+    out, _ = finished
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len({r["utterance"] for r in rows}) == len(list(subset.glob("*.wav")))
+    for row in rows:
+        assert row["fold"] == row["utterance"][:2]  # the test fold is the speaker
+        probabilities = [
+            float(row[c])
+            for c in ("angry", "bored", "disgust", "fearful", "happy", "neutral", "sad")
+        ]
+        assert abs(sum(probabilities) - 1.0) < 1e-3
+        assert row["predicted"] == max(
+            ("angry", "bored", "disgust", "fearful", "happy", "neutral", "sad"),
+            key=lambda c: float(row[c]),
+        )
+
+
+def test_finished_folds_are_not_rerun(finished, subset, feature_cache):
+    out, _ = finished
+    before = (out / "fold_1" / "test_metrics.json").stat().st_mtime
+    again = cross_validate(subset, out, feature_cache)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("finished earlier, kept") == len(SPEAKERS)
+    assert (out / "fold_1" / "test_metrics.json").stat().st_mtime == before
+
+
+def test_ablations_and_a_single_fold(tmp_path, subset, feature_cache):
+    result = cross_validate(
+        subset, tmp_path, feature_cache, "--folds", "2", "--use_mmf=False", "--use_cma=False"
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [f["fold"] for f in summary["folds"]] == ["08"]
+    assert summary["hparams"]["use_mmf"] is False and summary["hparams"]["use_cma"] is False
+
+
+def test_bad_data_folder_is_one_line(tmp_path):
+    result = cross_validate(tmp_path / "missing", tmp_path / "out", tmp_path / "cache")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "missing" in result.stderr
+
+
+def test_two_process_ddp_equals_one_process(tmp_path, subset, feature_cache):
+    """torchrun with 2 CPU processes (gloo) trains the same model as 1 process.
+
+    Deterministic setting: no shuffling, no dropout, mean pooling (BatchNorm statistics would be
+    per process). Each of the 2 processes takes 4 utterances a step, the single process 8, and
+    DDP averages the gradients, so both take the same steps up to float rounding. Tolerance:
+    at least 95 % of the test predictions identical and WA within 2 points.
+    """
+    common = [
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={subset}",
+        f"--feature_cache={feature_cache}",
+        "--test_fold=1",
+        *TINY,
+        "--number_of_epochs=4",
+        "--shuffle=False",
+        "--dropout=0.0",
+        "--pooling=mean",
+    ]
+    single = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *common,
+            f"--output_folder={tmp_path / 'one'}",
+            "--batch_size=8",
+        ],
+        cwd=RECIPE,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    ddp = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "train.py",
+            *common,
+            f"--output_folder={tmp_path / 'two'}",
+            "--batch_size=4",
+            "--distributed_backend=gloo",
+        ],
+        cwd=RECIPE,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "test_metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "test_metrics.json").read_text())
+    assert one["n_train"] == two["n_train"] and one["n_test"] == two["n_test"]
+    with (
+        open(tmp_path / "one" / "predictions.csv") as a,
+        open(tmp_path / "two" / "predictions.csv") as b,
+    ):
+        first = {r["utterance"]: r["predicted"] for r in csv.DictReader(a)}
+        second = {r["utterance"]: r["predicted"] for r in csv.DictReader(b)}
+    assert first.keys() == second.keys()
+    same = sum(first[u] == second[u] for u in first) / len(first)
+    assert same >= 0.95, (same, one["wa"], two["wa"])
+    assert abs(one["wa"] - two["wa"]) <= 2.0
