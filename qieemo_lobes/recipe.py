@@ -17,8 +17,8 @@ file. One fold is trained per call::
 Example
 -------
 >>> metrics = classification_metrics(["sad", "sad", "happy"], ["sad", "happy", "happy"], ["happy", "sad"])
->>> metrics["wa"], metrics["ua"], metrics["confusion"]
-(66.66666666666667, 75.0, [[1, 0], [1, 1]])
+>>> round(metrics["wa"], 2), metrics["ua"], metrics["confusion"]
+(66.67, 75.0, [[1, 0], [1, 1]])
 """
 
 from __future__ import annotations
