@@ -115,7 +115,8 @@ class EmotionBrain(sb.Brain):
         metrics, rows = self._stage_metrics()
         stats = {"loss": stage_loss, **{k: metrics[k] for k in ("wa", "ua", "wf1")}}
         if stage == sb.Stage.VALID:
-            old_lr, new_lr = self.hparams.lr_annealing(-metrics["ua"])
+            # NewBob minimises a positive metric: the UA error.
+            old_lr, new_lr = self.hparams.lr_annealing(100.0 - metrics["ua"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.train_logger.log_stats(
                 {"epoch": epoch, "lr": old_lr, **self._block_weights()},
