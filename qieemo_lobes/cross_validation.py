@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -142,6 +143,20 @@ def _report(summary: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def _run_child(command: list[str], log) -> int:
+    """Run one fold; if this process is interrupted or terminated, the fold goes down with it."""
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return child.wait()
+    except BaseException:
+        child.terminate()
+        child.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_cross_validation(
     train_script: str | os.PathLike,
     list_utterances: Callable,
@@ -203,7 +218,7 @@ def run_cross_validation(
         print(f"fold {k}/{len(fold_names)} ({fold_names[k - 1]}): training ...", flush=True)
         fold_start = time.time()
         with open(fold_dir / "stdout.log", "w") as log:
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+            code = _run_child(command, log)
         if code != 0 or not (fold_dir / "test_metrics.json").exists():
             failures.append(k)
             print(f"fold {k}: FAILED (exit {code}); see {fold_dir / 'stdout.log'}", file=sys.stderr)

@@ -124,6 +124,8 @@ class EmotionBrain(sb.Brain):
                 valid_stats=stats,
             )
             self.checkpointer.save_and_keep_only(meta={"ua": metrics["ua"]}, max_keys=["ua"])
+            if hasattr(self.hparams.epoch_counter, "update_metric"):  # early stopping
+                self.hparams.epoch_counter.update_metric(metrics["ua"])
         elif stage == sb.Stage.TEST:
             self.hparams.train_logger.log_stats(
                 {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
@@ -202,6 +204,18 @@ def dataio_prepare(
             record.setdefault("stop", None)
         if split != "train":
             dataset = dataset.filtered_sorted(sort_key="duration")
+        elif hparams["sorting"] in ("ascending", "descending"):
+            # SpeechBrain's convention: a sorted training set is not shuffled (also under DDP).
+            dataset = dataset.filtered_sorted(
+                sort_key="duration", reverse=hparams["sorting"] == "descending"
+            )
+            hparams["train_dataloader_opts"]["shuffle"] = False
+        elif hparams["sorting"] == "random":
+            hparams["train_dataloader_opts"]["shuffle"] = True
+        else:
+            raise ValueError(
+                f"sorting must be random, ascending or descending, not {hparams['sorting']!r}"
+            )
         datasets[split] = dataset
     label_encoder.load_or_create(
         path=os.path.join(hparams["save_folder"], "label_encoder.txt"),

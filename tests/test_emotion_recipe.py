@@ -159,7 +159,7 @@ def test_bad_data_folder_is_one_line(tmp_path):
 def test_two_process_ddp_equals_one_process(tmp_path, subset, feature_cache):
     """torchrun with 2 CPU processes (gloo) trains the same model as 1 process.
 
-    Deterministic setting: no shuffling, no dropout, mean pooling (BatchNorm statistics would be
+    Deterministic setting: sorted, not shuffled, no dropout, mean pooling (BatchNorm statistics would be
     per process). Each of the 2 processes takes 4 utterances a step, the single process 8, and
     DDP averages the gradients, so both take the same steps up to float rounding. Tolerance:
     at least 95 % of the test predictions identical and WA within 2 points.
@@ -171,7 +171,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, subset, feature_cache):
         "--test_fold=1",
         *(arg for arg in TINY if not arg.startswith("--number_of_epochs")),
         "--number_of_epochs=4",
-        "--shuffle=False",
+        "--sorting=ascending",
         "--dropout=0.0",
         "--pooling=mean",
     ]
