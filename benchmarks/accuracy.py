@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         "--fresh-cache", action="store_true", help="start from an empty feature cache"
     )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accuracy.md"))
+    parser.add_argument(
+        "--no-speaker-norm", action="store_true", help="skip the per-speaker-normalised qieemo run"
+    )
     args = parser.parse_args(argv)
     work = Path(args.work)
     cache = work / "feature_cache"
@@ -192,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Accuracy: qieemo against baselines, same folds",
         "",
         f"Command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-        f"Date: {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}.",
+        f"Date: {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}; "
+        f"torch threads {torch.get_num_threads()}; 1-minute load average at the end {os.getloadavg()[0]:.1f}.",
         "Metrics in percent, mean +- std over folds. WA accuracy, UA mean per-class recall, WF1 support-weighted F1.",
         "EmoDB here is the altered shared copy (22.05 kHz, every clip cut or padded to 2.000 s): not",
         "comparable with published EmoDB numbers.",

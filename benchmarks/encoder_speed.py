@@ -12,6 +12,7 @@ Targets (2-core CPU): ``fit`` at least 10x faster per clip than CTranslate2; ``3
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from qieemo_lobes.features import read_audio
 
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     files = sorted(Path(args.data).glob("*.wav"))[: args.clips]
     if not files:
         print(f"{args.data}: no .wav files", file=sys.stderr)
@@ -89,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model {args.model}; {len(clips)} EmoDB clips of {duration:.2f} s; {args.threads} threads; "
         f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}; {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"1-minute load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"(other processes on the {os.cpu_count()} cores distort the absolute times)"
     )
     print()
     print("| encoder | s/clip (mean) | s/clip (median) | speed-up vs CTranslate2 |")

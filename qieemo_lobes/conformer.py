@@ -69,6 +69,8 @@ Authors
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 from speechbrain.processing.features import InputNormalization
@@ -154,6 +156,25 @@ class ConformerBlocks(nn.Module):
         self.train(self.training)
 
     # ----------------------------------------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        """Feature-cache key: a hash of every weight and statistic, and the PPG type.
+
+        Read it after the stage-1 checkpoint is loaded: other weights give another identity.
+        """
+        digest = hashlib.sha1(f"{self.ppg}|{self.exact_padding}".encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if self.normalize is not None:  # its statistics are not all in state_dict
+            for key, value in sorted(self.normalize._statistics_dict().items()):
+                digest.update(
+                    f"{key}={value}".encode()
+                    if not torch.is_tensor(value)
+                    else value.cpu().numpy().tobytes()
+                )
+        return f"conformer-{self.n_blocks}x{self.block_dim}-{self.ppg}-{digest.hexdigest()[:10]}"
+
     def train(self, mode: bool = True) -> ConformerBlocks:
         """Set train/eval mode; a frozen encoder and the normaliser always stay in eval mode."""
         super().train(mode and not self.freeze)

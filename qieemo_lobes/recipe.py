@@ -277,6 +277,9 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
         )
 
     run_on_main(_prepare)
+    if "pretrainer" in hparams:  # e.g. the stage-1 ASR checkpoint of ConformerBlocks
+        run_on_main(hparams["pretrainer"].collect_files)
+        hparams["pretrainer"].load_collected()
 
     modules = {"head": hparams["head"]}
     feature_paths = speaker_stats = None
@@ -329,7 +332,9 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
         write_json_atomic(
             {
                 "dataset": summary.get("corpus", "unknown"),
-                "backbone": f"{hparams.get('encoder_source', 'encoder')} ({hparams.get('window', '')})",
+                "backbone": getattr(
+                    hparams["encoder"], "identity", type(hparams["encoder"]).__name__
+                ),
                 "hparams": {
                     k: v
                     for k, v in hparams.items()

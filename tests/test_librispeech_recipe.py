@@ -254,3 +254,38 @@ def test_pretrained_folder_loads_into_conformer_blocks(trained, tmp_path):
         cer.append([row["ID"]], [words], [row["wrd"].split()])
     recipe_cer = json.loads((trained / "test_metrics.json").read_text())["cer"]
     assert abs(cer.summarize("error_rate") - recipe_cer) < 0.01
+
+
+def test_stage1_checkpoint_runs_through_emotion_cross_validation(trained, emodb_dir, tmp_path):
+    """Stage 1 -> stage 2: the trained ASR encoder feeds the EmoDB emotion recipe."""
+    subset = tmp_path / "emodb3"
+    subset.mkdir()
+    for wav in sorted(emodb_dir.glob("*.wav")):
+        if wav.name[:2] in ("03", "08", "09"):
+            os.symlink(wav, subset / wav.name)
+    out = tmp_path / "cv"
+    emotion = RECIPE.parents[2] / "EmoDB" / "emotion"
+    cmd = [
+        sys.executable,
+        "cross_validate.py",
+        "hparams/qieemo_conformer.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={out}",
+        f"--feature_cache={tmp_path / 'cache'}",
+        f"--asr_folder={trained}",
+        "--folds",
+        "1,2",
+        "--n_encoder_blocks=2",
+        "--fusion_blocks=[1,2]",
+        "--ppg_type=ctc",
+        "--ppg_dim=40",
+        "--number_of_epochs=4",
+        "--valid_split=utterance",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=emotion, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backbone"].startswith("conformer-2x96-ctc-")
+    assert [fold["fold"] for fold in summary["folds"]] == ["03", "08"]
+    assert all(fold["n_test"] > 40 for fold in summary["folds"])
