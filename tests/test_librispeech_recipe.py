@@ -264,7 +264,7 @@ def test_stage1_checkpoint_runs_through_emotion_cross_validation(trained, emodb_
         if wav.name[:2] in ("03", "08", "09"):
             os.symlink(wav, subset / wav.name)
     out = tmp_path / "cv"
-    emotion = RECIPE.parents[2] / "EmoDB" / "emotion"
+    emotion = RECIPE.parents[1] / "EmoDB" / "emotion"
     cmd = [
         sys.executable,
         "cross_validate.py",
