@@ -17,6 +17,7 @@ Every encoder here follows one convention, the input of the Qieemo emotion head:
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 
 import torch
@@ -128,6 +129,9 @@ class WhisperBlocks(nn.Module):
         self.block_dim = self.encoder.config.d_model
         self.ppg_dim = self.block_dim
         self.max_frames = self.encoder.embed_positions.weight.shape[0]
+        # transformers 4.x encoder layers take a (required) head mask; 5.x does not.
+        layer_parameters = inspect.signature(self.encoder.layers[0].forward).parameters
+        self._layer_kwargs = {"layer_head_mask": None} if "layer_head_mask" in layer_parameters else {}
         if freeze:
             self.encoder.eval()
         elif unfreeze_top:
@@ -240,7 +244,7 @@ class WhisperBlocks(nn.Module):
 
         blocks = []
         for layer in enc.layers:
-            out = layer(x, attention_mask)
+            out = layer(x, attention_mask, **self._layer_kwargs)
             x = out[0] if isinstance(out, tuple) else out  # transformers < 5 returns a tuple
             blocks.append(x)
         ppg = enc.layer_norm(x)
