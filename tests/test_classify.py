@@ -1,0 +1,348 @@
+"""``python -m qieemo_lobes.classify`` end to end: real EmoDB clips, every kind of bad input.
+
+The model is the whisper-tiny.en recipe run exported once per session by
+:func:`tests.test_interfaces.tiny_run`. The command runs as a subprocess, once on a folder that
+mixes good clips, every bad input of the issue and a 3-minute recording (JSON Lines, ``--out``,
+``--plot``), then once per other format.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from tests.conftest import REPO_ROOT
+from tests.test_interfaces import tiny_run
+
+CLIP = "03a01Fa.wav"  # a 2 s EmoDB clip at 22.05 kHz
+OTHER_CLIP = "03a01Wa.wav"  # the same sentence, angry: the stereo file's right channel
+LONG_CLIPS = 20  # the long recording: 20 clips, 7 s of silence after each (180 s)
+LONG_GAP_S = 7.0
+
+# name -> (how the file is made, the problem the command must report)
+BAD_INPUTS = {
+    "missing.wav": (None, "no such file or directory"),
+    "empty.wav": ("empty", "empty file (0 bytes)"),
+    "zero_length.wav": ("zero_length", "no audio samples (zero length)"),
+    "silence.wav": ("silence", "silence only"),
+    "corrupt.wav": ("corrupt", "not a readable audio file"),
+    "truncated.wav": ("truncated", "truncated audio file"),
+    "text.wav": ("text", "not an audio file (text content)"),
+    "nan.wav": ("nan", "contains NaN or infinite samples"),
+    "inf.wav": ("inf", "contains NaN or infinite samples"),
+}
+GOOD_INPUTS = (
+    "clip.wav",
+    "clip_8k.wav",
+    "clip_96k.wav",
+    "clip_stereo.wav",
+    "clip_mix.wav",
+    "long.flac",
+)
+
+
+def run_classify(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "qieemo_lobes.classify", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def make_inputs(folder: Path, emodb_dir: Path) -> None:
+    """Write every good and bad input of the test into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clip, rate = sf.read(emodb_dir / CLIP, dtype="float32")
+    wav = torch.from_numpy(clip)
+    sf.write(folder / "clip.wav", clip, rate)
+    sf.write(folder / "clip_8k.wav", torchaudio.functional.resample(wav, rate, 8000).numpy(), 8000)
+    sf.write(
+        folder / "clip_96k.wav", torchaudio.functional.resample(wav, rate, 96000).numpy(), 96000
+    )
+    other, _ = sf.read(emodb_dir / OTHER_CLIP, dtype="float32")
+    sf.write(folder / "clip_stereo.wav", np.stack([clip, other], axis=1), rate, subtype="FLOAT")
+    sf.write(folder / "clip_mix.wav", (clip + other) / 2, rate, subtype="FLOAT")
+
+    (folder / "empty.wav").write_bytes(b"")
+    sf.write(folder / "zero_length.wav", np.zeros(0, dtype=np.float32), 16000)
+    sf.write(folder / "silence.wav", np.zeros(3 * 16000, dtype=np.float32), 16000)
+    (folder / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(6000))
+    whole = (emodb_dir / CLIP).read_bytes()
+    (folder / "truncated.wav").write_bytes(whole[: len(whole) // 2])
+    (folder / "text.wav").write_text("this is a text file, not audio\n" * 20)
+    bad = clip.copy()
+    bad[1000] = np.nan
+    sf.write(folder / "nan.wav", bad, rate, subtype="FLOAT")
+    bad[1000] = np.inf
+    sf.write(folder / "inf.wav", bad, rate, subtype="FLOAT")
+
+    clips = sorted(emodb_dir.glob("*.wav"))[:LONG_CLIPS]
+    with sf.SoundFile(folder / "long.flac", "w", rate, 1) as out:
+        for path in clips:
+            out.write(sf.read(path, dtype="float32")[0])
+            out.write(np.zeros(int(LONG_GAP_S * rate), dtype=np.float32))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, emodb_dir) -> Path:
+    return tiny_run(tmp_path_factory, emodb_dir)[1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, emodb_dir) -> Path:
+    folder = tmp_path_factory.mktemp("inputs") / "audio"
+    make_inputs(folder, emodb_dir)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def json_run(model, inputs, tmp_path_factory):
+    """One run over the folder (recursive) plus a missing path: JSON Lines, --out, --plot."""
+    out_dir = tmp_path_factory.mktemp("json_out")
+    result = run_classify(
+        str(inputs),
+        str(inputs / "missing.wav"),
+        "--model",
+        str(model),
+        "--format",
+        "json",
+        "--out",
+        str(out_dir / "results.jsonl"),
+        "--plot",
+        str(out_dir / "plots"),
+        "--batch-size",
+        "3",
+    )
+    lines = (out_dir / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return result, {Path(r["path"]).name: r for r in records}, records, out_dir
+
+
+def test_exit_code_and_every_input_reported_once(json_run, inputs):
+    result, by_name, records, out_dir = json_run
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""  # --out: nothing on stdout
+    expected = set(BAD_INPUTS) | set(GOOD_INPUTS)
+    assert sorted(by_name) == sorted(expected) and len(records) == len(expected)
+    # input order: the missing path (an argument that gave nothing) ... then the folder, sorted
+    files = [r["path"] for r in records if Path(r["path"]).name != "missing.wav"]
+    assert files == sorted(files)
+    stderr = result.stderr.strip().splitlines()
+    assert stderr[-1] == f"classify: {len(BAD_INPUTS)} of {len(expected)} inputs failed"
+    assert len(stderr) == len(BAD_INPUTS) + 1
+    assert [p.name for p in out_dir.iterdir() if p.name.startswith(".")] == []  # no temp left
+    mode = stat.S_IMODE((out_dir / "results.jsonl").stat().st_mode)
+    assert mode & stat.S_IRGRP  # a normal file, not the 0600 of a temporary file
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_gets_one_line_naming_file_and_problem(json_run, name):
+    result, by_name, _, _ = json_run
+    problem = BAD_INPUTS[name][1]
+    record = by_name[name]
+    assert set(record) == {"path", "error"} and problem in record["error"]
+    lines = [line for line in result.stderr.splitlines() if Path(line.split(": ")[0]).name == name]
+    assert len(lines) == 1 and problem in lines[0]
+    assert lines[0].startswith(record["path"] + ": ")
+
+
+def _probabilities(record: dict) -> np.ndarray:
+    return np.array(list(record["probabilities"].values()))
+
+
+@pytest.mark.parametrize("name", [n for n in GOOD_INPUTS if n.startswith("clip")])
+def test_good_clips_get_label_confidence_and_every_probability(json_run, model, name):
+    _, by_name, _, _ = json_run
+    record = by_name[name]
+    classes = json.loads((model / "metadata.json").read_text())["classes"]
+    assert set(record) == {"path", "label", "confidence", "probabilities", "duration_s", "segments"}
+    assert list(record["probabilities"]) == classes
+    probs = _probabilities(record)
+    assert abs(probs.sum() - 1) < 1e-3 and (probs >= 0).all()
+    assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
+    assert record["confidence"] == record["probabilities"][record["label"]]
+    assert record["duration_s"] == pytest.approx(2.0, abs=1e-3)
+    assert record["segments"] == []
+
+
+def test_resampled_copies_match_the_original(json_run):
+    """96 kHz holds the whole 16 kHz band: it scores as the original. 8 kHz loses the top half
+    of the band, so it only has to be close."""
+    _, by_name, _, _ = json_run
+    original = _probabilities(by_name["clip.wav"])
+    assert np.abs(_probabilities(by_name["clip_96k.wav"]) - original).max() < 0.02
+    assert np.abs(_probabilities(by_name["clip_8k.wav"]) - original).max() < 0.25
+
+
+def test_stereo_is_averaged_to_mono(json_run):
+    """A stereo file of two different clips scores as the mono mean of its channels."""
+    _, by_name, _, _ = json_run
+    stereo, mix = by_name["clip_stereo.wav"], by_name["clip_mix.wav"]
+    assert np.abs(_probabilities(stereo) - _probabilities(mix)).max() < 1e-3
+    assert stereo["label"] == mix["label"]
+
+
+def test_long_recording_is_segmented_and_aggregated(json_run):
+    _, by_name, _, out_dir = json_run
+    record = by_name["long.flac"]
+    duration = LONG_CLIPS * (2.0 + LONG_GAP_S)
+    assert record["duration_s"] == pytest.approx(duration, abs=0.01)
+    segments = record["segments"]
+    # One segment per clip (a clip may split at a long internal pause, never merge with another).
+    assert LONG_CLIPS <= len(segments) <= 2 * LONG_CLIPS
+    for seg in segments:
+        assert set(seg) == {"start_s", "end_s", "label", "confidence", "probabilities"}
+        assert (
+            0 <= seg["start_s"] < seg["end_s"] <= duration and seg["end_s"] - seg["start_s"] <= 30
+        )
+        period = 2.0 + LONG_GAP_S
+        clip = int((seg["start_s"] + 1.0) // period)  # each segment lies around one clip
+        assert seg["end_s"] <= clip * period + 2.0 + 1.0
+        assert seg["label"] == max(seg["probabilities"], key=seg["probabilities"].get)
+    starts = [seg["start_s"] for seg in segments]
+    assert starts == sorted(starts)
+    # Overall: duration-weighted mean of the segment probabilities.
+    weights = np.array([seg["end_s"] - seg["start_s"] for seg in segments])
+    stacked = np.array([_probabilities(seg) for seg in segments])
+    overall = (weights[:, None] * stacked).sum(0) / weights.sum()
+    assert np.abs(_probabilities(record) - overall).max() < 1e-3
+    assert record["label"] == list(record["probabilities"])[int(overall.argmax())]
+    plot = out_dir / "plots" / "long.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+    assert sorted(p.name for p in (out_dir / "plots").iterdir()) == ["long.png"]  # long ones only
+
+
+def test_csv_format(model, inputs, emodb_dir, tmp_path):
+    # A recording just over the 30 s limit: 4 clips, 6 s apart, 2 s of silence at the end.
+    rate = 22050
+    speech = [sf.read(p, dtype="float32")[0] for p in sorted(emodb_dir.glob("*.wav"))[:4]]
+    gap = np.zeros(6 * rate, dtype=np.float32)
+    long_audio = np.concatenate([gap] + [x for clip in speech for x in (clip, gap)])
+    sf.write(tmp_path / "long.flac", long_audio, rate)
+    result = run_classify(
+        str(inputs / "clip.wav"),
+        str(inputs / "silence.wav"),
+        str(tmp_path / "long.flac"),
+        "--model",
+        str(model),
+        "--format",
+        "csv",
+    )
+    assert result.returncode == 1
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    classes = json.loads((model / "metadata.json").read_text())["classes"]
+    assert list(rows[0]) == [
+        "path",
+        "segment",
+        "start_s",
+        "end_s",
+        "duration_s",
+        "label",
+        "confidence",
+        *classes,
+        "error",
+    ]
+    clip, silence, long_file, *segments = rows
+    assert clip["segment"] == "" and clip["error"] == "" and float(clip["duration_s"]) == 2.0
+    assert sum(float(clip[c]) for c in classes) == pytest.approx(1.0, abs=1e-3)
+    assert silence["label"] == "" and "silence only" in silence["error"]
+    assert long_file["path"].endswith("long.flac") and long_file["segment"] == ""
+    assert [int(s["segment"]) for s in segments] == list(range(1, len(segments) + 1))
+    assert float(long_file["duration_s"]) == pytest.approx(len(long_audio) / rate, abs=1e-3)
+    assert 4 <= len(segments) <= 8 and all(s["path"] == long_file["path"] for s in segments)
+    for seg in segments:
+        assert seg["duration_s"] == "" and float(seg["start_s"]) < float(seg["end_s"])
+        assert sum(float(seg[c]) for c in classes) == pytest.approx(1.0, abs=1e-3)
+    assert (
+        result.stderr.strip().splitlines()[0]
+        == f"{inputs / 'silence.wav'}: silence only (no speech to classify)"
+    )
+
+
+def test_table_format_with_globs_and_directories(model, inputs, tmp_path):
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    os.symlink(inputs / "clip_8k.wav", nested / "deep.wav")
+    (nested / "notes.txt").write_text("not audio, skipped in folders")
+    result = run_classify(
+        str(inputs / "clip_9*.wav"),  # glob
+        str(inputs / "clip.wav"),
+        str(tmp_path / "a"),  # folder, searched recursively
+        "--model",
+        str(model),
+        "--format",
+        "table",
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["path", "seconds", "label", "conf"]
+    paths = [line.split()[0] for line in lines[1:]]
+    assert paths == [
+        str(inputs / "clip_96k.wav"),
+        str(inputs / "clip.wav"),
+        str(nested / "deep.wav"),
+    ]
+    for line in lines[1:]:
+        cells = line.split()
+        probabilities = [float(x) for x in cells[4:]]
+        assert cells[1] == "2.00" and float(cells[3]) == max(probabilities)
+
+
+def test_missing_default_model_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+    from qieemo_lobes import classify
+
+    monkeypatch.setattr(classify, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
+    assert classify.main([str(tmp_path)], configure_process=False) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "default model not found" in err[0] and "default_model" in err[0]
+
+
+def test_refusals_exit_2(capsys, tmp_path, model):
+    from qieemo_lobes import classify
+
+    cases = [
+        (["x.wav", "--model", str(tmp_path / "nope")], "model folder not found"),
+        (["x.wav", "--model", str(tmp_path)], "not a model folder"),
+        (
+            ["x.wav", "--model", str(model), "--out", str(tmp_path / "no" / "r.json")],
+            "does not exist",
+        ),
+        (["x.wav", "--model", str(model), "--batch-size", "0"], "--batch-size"),
+    ]
+    for argv, problem in cases:
+        assert classify.main(argv, configure_process=False) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and problem in err[0], (argv, err)
+
+
+def test_inputs_without_audio_fail_without_loading_the_model(capsys, tmp_path, model):
+    from qieemo_lobes import classify
+
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    argv = [str(empty), str(tmp_path / "*.flac"), "--model", str(model)]
+    assert classify.main(argv, configure_process=False) == 1
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert lines[0] == f"{empty}: no audio files in directory"
+    assert lines[1] == f"{tmp_path / '*.flac'}: no audio files match this pattern"
+    assert lines[2] == "classify: 2 of 2 inputs failed"
+    assert "ERROR" not in out and "error: no audio files in directory" in out

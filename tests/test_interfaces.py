@@ -1,0 +1,292 @@
+"""Export + EmotionRecognizer round trip on a real (tiny) recipe run.
+
+A whisper-tiny.en recipe run on three EmoDB speakers is trained once per test session
+(:func:`tiny_run`), exported with ``python -m qieemo_lobes.export`` and loaded with
+``EmotionRecognizer.from_hparams`` with the network blocked. The interface must reproduce the
+probabilities the recipe wrote to ``predictions.csv`` for its test speaker.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+RECIPE = REPO_ROOT / "recipes" / "EmoDB" / "emotion"
+SPEAKERS = ("03", "08")  # fold 1 tests speaker 03; validation: 20 % of speaker 08
+TINY = [
+    "--encoder_source=whisper-tiny.en",
+    "--n_encoder_blocks=4",
+    "--encoder_dim=384",
+    "--fusion_blocks=[1,2]",
+    "--d_model=64",
+    "--d_ffn=128",
+    "--number_of_epochs=8",
+    "--test_fold=1",
+    "--valid_split=utterance",
+    "--valid_ratio=0.2",
+]
+# Probabilities from the interface (fp32 encoder outputs) against the recipe's (encoder outputs
+# read back from the fp16 feature cache): measured differences are ~1e-5.
+PROB_TOL = 2e-3
+
+
+def tiny_run(tmp_path_factory, emodb_dir: Path) -> tuple[Path, Path]:
+    """``(run folder, exported model folder)``, trained and exported once per test session."""
+    root = tmp_path_factory.getbasetemp() / "qieemo_tiny_model"
+    run, model = root / "run", root / "model"
+    if (model / "hyperparams.yaml").is_file():
+        return run, model
+    data = root / "emodb3"
+    data.mkdir(parents=True, exist_ok=True)
+    for wav in sorted(emodb_dir.glob("*.wav")):
+        if wav.name[:2] in SPEAKERS and not (data / wav.name).exists():
+            os.symlink(wav, data / wav.name)
+    command = [
+        sys.executable,
+        "train.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={data}",
+        f"--output_folder={run}",
+        f"--feature_cache={root / 'features'}",
+        *TINY,
+    ]
+    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    export = subprocess.run(
+        [sys.executable, "-m", "qieemo_lobes.export", str(run), str(model)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert export.returncode == 0, export.stderr
+    return run, model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, emodb_dir):
+    return tiny_run(tmp_path_factory, emodb_dir)
+
+
+@pytest.fixture(scope="module")
+def recognizer(exported):
+    """The exported model, loaded while every network connection fails."""
+    from qieemo_lobes.interfaces import EmotionRecognizer
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted while loading a local model")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", no_network)
+        mp.setattr(socket, "create_connection", no_network)
+        return EmotionRecognizer.from_hparams(source=str(exported[1]))
+
+
+@pytest.fixture(scope="module")
+def recipe_predictions(exported) -> list[dict]:
+    run, _ = exported
+    test = json.loads((run / "test.json").read_text())
+    with open(run / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["wav"] = test[row["utterance"]]["wav"]
+    return rows
+
+
+def _best_checkpoint(run: Path) -> Path:
+    """The checkpoint with the highest validation UA (ties: the most recent), read directly."""
+    ckpts = []
+    for ckpt in (run / "save").glob("CKPT+*"):
+        meta = yaml.safe_load((ckpt / "CKPT.yaml").read_text())
+        ckpts.append((meta["ua"], meta["unixtime"], ckpt))
+    return max(ckpts)[2]
+
+
+def test_export_writes_a_small_complete_model_folder(exported):
+    run, model = exported
+    assert sorted(p.name for p in model.iterdir()) == [
+        "README.md",
+        "head.ckpt",
+        "hyperparams.yaml",
+        "label_encoder.ckpt",
+        "metadata.json",
+    ]
+    # Head weights only: the encoder comes from the weight packages.
+    assert sum(p.stat().st_size for p in model.iterdir()) < 5_000_000
+    best = _best_checkpoint(run)
+    assert (model / "head.ckpt").read_bytes() == (best / "head.ckpt").read_bytes()
+    assert (model / "label_encoder.ckpt").read_text() == (
+        run / "save" / "label_encoder.txt"
+    ).read_text()
+    metadata = json.loads((model / "metadata.json").read_text())
+    assert metadata["checkpoint"] == best.name
+    assert metadata["test_metrics"] == json.loads((run / "test_metrics.json").read_text())
+    assert metadata["dataset"] == "emodb"
+    text = (model / "hyperparams.yaml").read_text()
+    assert "source: whisper-tiny.en" in text and "freeze: true" in text
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert str(run) not in body  # nothing tied to the training machine's folders
+    assert f"{metadata['test_metrics']['ua']:.1f} %" in (model / "README.md").read_text()
+
+
+def test_interface_reproduces_the_recipe_test_predictions(recognizer, recipe_predictions):
+    """classify_batch over the whole test speaker gives the recipe's predictions.csv."""
+    labels = recognizer.labels
+    assert labels == ["angry", "bored", "disgust", "fearful", "happy", "neutral", "sad"]
+    from qieemo_lobes.audio import load_audio
+
+    wavs = [load_audio(row["wav"]) for row in recipe_predictions]
+    probs = []
+    for first in range(0, len(wavs), 16):
+        batch = torch.nn.utils.rnn.pad_sequence(wavs[first : first + 16], batch_first=True)
+        lens = torch.tensor([len(w) for w in wavs[first : first + 16]]) / batch.shape[1]
+        out_prob, _, _, _ = recognizer.classify_batch(batch, lens)
+        probs.append(out_prob.exp())
+    probs = torch.cat(probs)
+    expected = torch.tensor([[float(row[c]) for c in labels] for row in recipe_predictions])
+    assert (probs - expected).abs().max() < PROB_TOL
+    margin = expected.topk(2).values.diff(dim=1).abs().squeeze(1)
+    for row, p, m in zip(recipe_predictions, probs, margin, strict=True):
+        if m > 2 * PROB_TOL:  # a near tie may flip within the tolerance
+            assert labels[int(p.argmax())] == row["predicted"], row["utterance"]
+    # A trained model, not a constant: more than one class predicted on the test speaker.
+    assert len({row["predicted"] for row in recipe_predictions}) > 1
+
+
+def test_classify_file_returns_encoder_classifier_tuple(recognizer, recipe_predictions):
+    labels = recognizer.labels
+    for row in recipe_predictions[:6]:
+        out_prob, score, index, text_lab = recognizer.classify_file(row["wav"])
+        assert out_prob.shape == (1, len(labels)) and score.shape == index.shape == (1,)
+        # log-probabilities, as EncoderClassifier returns them
+        assert abs(float(out_prob.exp().sum()) - 1.0) < 1e-5
+        assert float(score[0]) == pytest.approx(float(out_prob.max()))
+        assert int(index[0]) == int(out_prob.argmax())
+        assert text_lab == [labels[int(index[0])]]
+        expected = torch.tensor([float(row[c]) for c in labels])
+        assert (out_prob.exp()[0] - expected).abs().max() < PROB_TOL
+
+
+def test_padding_does_not_change_results(recognizer, recipe_predictions):
+    """Utterances of different lengths batched together score as they do alone."""
+    from qieemo_lobes.audio import load_audio
+
+    rows = recipe_predictions[:3]
+    wavs = [load_audio(row["wav"])[:n] for row, n in zip(rows, (16000, 24000, 32000), strict=True)]
+    alone = torch.cat([recognizer.classify_batch(w)[0] for w in wavs])
+    batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    lens = torch.tensor([len(w) for w in wavs]) / batch.shape[1]
+    together = recognizer.classify_batch(batch, lens)[0]
+    assert (alone.exp() - together.exp()).abs().max() < 1e-4
+
+
+def test_classify_file_reads_other_rates_and_channels(recognizer, recipe_predictions, tmp_path):
+    """A 48 kHz stereo copy of a clip gives (nearly) the clip's own result."""
+    data, rate = sf.read(recipe_predictions[0]["wav"], dtype="float32")
+    import torchaudio
+
+    up = torchaudio.functional.resample(torch.from_numpy(data), rate, 48000).numpy()
+    sf.write(tmp_path / "st48.flac", np.stack([up, up], axis=1), 48000)
+    reference = recognizer.classify_file(recipe_predictions[0]["wav"])[0].exp()
+    copy = recognizer.classify_file(tmp_path / "st48.flac")[0].exp()
+    assert (reference - copy).abs().max() < 0.02
+
+
+def test_silence_is_an_audio_error_not_an_emotion(recognizer, tmp_path):
+    from qieemo_lobes.audio import AudioError
+
+    sf.write(tmp_path / "quiet.wav", np.zeros(32000), 16000)
+    with pytest.raises(AudioError, match="silence only"):
+        recognizer.classify_file(tmp_path / "quiet.wav")
+
+
+def test_missing_model_folder_is_not_looked_up_online(tmp_path):
+    from qieemo_lobes.interfaces import EmotionRecognizer
+
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        EmotionRecognizer.from_hparams(source=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no hyperparams.yaml"):
+        EmotionRecognizer.from_hparams(source=str(tmp_path))
+
+
+def _export(run: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "qieemo_lobes.export", str(run), str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_export_refuses_an_unfinished_run_in_one_line(exported, tmp_path):
+    run, _ = exported
+    unfinished = tmp_path / "run"
+    shutil.copytree(run, unfinished, symlinks=True)
+    (unfinished / "test_metrics.json").unlink()
+    result = _export(unfinished, tmp_path / "model")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"export: {unfinished}: run not finished (no test_metrics.json)"
+    ]
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("missing", "no such directory"),
+        ("no_hparams", "not a recipe output folder (no hyperparams.yaml)"),
+        ("no_checkpoint", "no checkpoint with head.ckpt"),
+        ("no_labels", "no label encoder"),
+    ],
+)
+def test_export_refuses_damaged_runs(exported, tmp_path, capsys, damage, problem):
+    from qieemo_lobes.export import main
+
+    run = tmp_path / "run"
+    if damage != "missing":
+        shutil.copytree(exported[0], run, symlinks=True)
+    if damage == "no_hparams":
+        (run / "hyperparams.yaml").unlink()
+    elif damage == "no_checkpoint":
+        for ckpt in (run / "save").glob("CKPT+*"):
+            shutil.rmtree(ckpt)
+    elif damage == "no_labels":
+        (run / "save" / "label_encoder.txt").unlink()
+    assert main([str(run), str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run) in err[0] and problem in err[0]
+
+
+def test_export_replaces_an_earlier_export_but_nothing_else(exported, tmp_path, capsys):
+    from qieemo_lobes.export import main
+
+    run, _ = exported
+    target = tmp_path / "model"
+    assert main([str(run), str(target)]) == 0
+    (target / "stale.txt").write_text("from before")
+    assert main([str(run), str(target)]) == 0  # an earlier export: replaced whole
+    assert not (target / "stale.txt").exists() and (target / "head.ckpt").is_file()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([str(run), str(other)]) == 2
+    assert "not an exported model" in capsys.readouterr().err
+    assert (other / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
