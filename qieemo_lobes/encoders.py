@@ -91,10 +91,10 @@ class WhisperBlocks(nn.Module):
 
     Example
     -------
-    >>> encoder = WhisperBlocks("whisper-tiny.en", window="fit")  # doctest: +SKIP
-    >>> wavs = torch.randn(2, 32000)  # doctest: +SKIP
-    >>> blocks, ppg = encoder(wavs, torch.tensor([1.0, 0.5]))  # doctest: +SKIP
-    >>> blocks.shape, ppg.shape  # doctest: +SKIP
+    >>> encoder = WhisperBlocks("whisper-tiny.en", window="fit")
+    >>> wavs = torch.randn(2, 32000)
+    >>> blocks, ppg = encoder(wavs, torch.tensor([1.0, 0.5]))
+    >>> blocks.shape, ppg.shape
     (torch.Size([4, 2, 100, 384]), torch.Size([2, 100, 384]))
     """
 
