@@ -131,7 +131,9 @@ class WhisperBlocks(nn.Module):
         self.max_frames = self.encoder.embed_positions.weight.shape[0]
         # transformers 4.x encoder layers take a (required) head mask; 5.x does not.
         layer_parameters = inspect.signature(self.encoder.layers[0].forward).parameters
-        self._layer_kwargs = {"layer_head_mask": None} if "layer_head_mask" in layer_parameters else {}
+        self._layer_kwargs = (
+            {"layer_head_mask": None} if "layer_head_mask" in layer_parameters else {}
+        )
         if freeze:
             self.encoder.eval()
         elif unfreeze_top:
