@@ -70,7 +70,7 @@ def run_qieemo(
 def block_means(items: list[dict], cache: Path, speaker_norm: bool) -> np.ndarray:
     """``(n_blocks + 1, N, D)``: time-mean of every block and of the PPG, from the feature cache."""
     from qieemo_lobes.encoders import WhisperBlocks
-    from qieemo_lobes.features import FeatureCache, speaker_statistics
+    from qieemo_lobes.features import FeatureCache, normalize_speaker, speaker_statistics
 
     identity = WhisperBlocks.identity_for("whisper-base", "fit")
     reader = FeatureCache(SimpleNamespace(identity=identity), cache)
@@ -85,8 +85,7 @@ def block_means(items: list[dict], cache: Path, speaker_norm: bool) -> np.ndarra
         stored = torch.load(entries[str(i)], map_location="cpu")
         blocks, ppg = stored["blocks"].float(), stored["ppg"].float()
         if stats is not None:
-            (b_mean, b_std), (p_mean, p_std) = stats[item["speaker"]].values()
-            blocks, ppg = (blocks - b_mean) / b_std, (ppg - p_mean) / p_std
+            blocks, ppg = normalize_speaker(blocks, ppg, stats[item["speaker"]])
         means.append(torch.cat([blocks.mean(1), ppg.mean(0, keepdim=True)]).numpy())
     return np.stack(means, axis=1)
 

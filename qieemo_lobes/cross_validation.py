@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from qieemo_lobes.manifests import write_json_atomic, write_text_atomic
+
 METRICS = ("wa", "ua", "wf1", "macro_f1")
 
 
@@ -99,12 +101,6 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], title: str, p
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
         fig.savefig(tmp.name, dpi=120)
     plt.close(fig)
-    os.replace(tmp.name, path)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
     os.replace(tmp.name, path)
 
 
@@ -223,9 +219,7 @@ def run_cross_validation(
             failures.append(k)
             print(f"fold {k}: FAILED (exit {code}); see {fold_dir / 'stdout.log'}", file=sys.stderr)
             continue
-        _atomic_text(
-            json.dumps({"wall_time_s": time.time() - fold_start}), fold_dir / "wall_time.json"
-        )
+        write_json_atomic({"wall_time_s": time.time() - fold_start}, fold_dir / "wall_time.json")
         metrics = json.loads((fold_dir / "test_metrics.json").read_text())
         print(
             f"fold {k}: WA {metrics['wa']:.2f} UA {metrics['ua']:.2f} WF1 {metrics['wf1']:.2f} "
@@ -261,7 +255,7 @@ def run_cross_validation(
         "versions": versions(),
         "wall_time_s": wall + (time.time() - started if not wall else 0.0),
     }
-    _atomic_text(json.dumps(summary, indent=2), out / "summary.json")
+    write_json_atomic(summary, out / "summary.json")
 
     with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False, newline="") as tmp:
         writer = None
@@ -280,7 +274,7 @@ def run_cross_validation(
         confusion, classes, f"{summary['dataset']} ({len(done)} folds)", out / "confusion.png"
     )
     command = " ".join(["python cross_validate.py", *(argv if argv is not None else sys.argv[1:])])
-    _atomic_text(_report(summary, command), out / "report.md")
+    write_text_atomic(_report(summary, command), out / "report.md")
     mean, std = summary["mean"], summary["std"]
     print(
         f"{summary['dataset']} {len(done)} folds: "

@@ -189,3 +189,9 @@ def speaker_statistics(entries: dict[str, Path], speaker_of: dict[str, str]) -> 
             "ppg": (p_mean.float(), p_std.float()),
         }
     return stats
+
+
+def normalize_speaker(blocks: torch.Tensor, ppg: torch.Tensor, stats: dict):
+    """Standardise one utterance's ``blocks`` and ``ppg`` with its speaker's ``stats``."""
+    (b_mean, b_std), (p_mean, p_std) = stats["blocks"], stats["ppg"]
+    return (blocks.float() - b_mean) / b_std, (ppg.float() - p_mean) / p_std

@@ -644,14 +644,14 @@ def split_for_test_fold(
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+            f.write(text)
         umask = os.umask(0)  # mkstemp makes 0600 files; give the usual permissions instead
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -660,6 +660,11 @@ def _write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """JSON (indented, UTF-8) through :func:`write_text_atomic`."""
+    write_text_atomic(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", path)
 
 
 def write_manifests(
@@ -680,7 +685,7 @@ def write_manifests(
     'sad'
     """
     for split, path in zip(SPLITS, (save_json_train, save_json_valid, save_json_test), strict=True):
-        _write_json_atomic({r.utt_id: r.to_json() for r in splits[split]}, path)
+        write_json_atomic({r.utt_id: r.to_json() for r in splits[split]}, path)
         logger.info("%s: %d utterances", path, len(splits[split]))
 
 
@@ -762,7 +767,7 @@ def prepare_manifests(
     summary["splits"] = {k: len(v) for k, v in splits.items()}
     write_manifests(splits, save_json_train, save_json_valid, save_json_test)
     # Written last: an interrupted run leaves no matching options file, so it is redone.
-    _write_json_atomic({"options": options, "summary": summary}, options_path(save_json_train))
+    write_json_atomic({"options": options, "summary": summary}, options_path(save_json_train))
     return summary
 
 

@@ -38,7 +38,13 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
-from qieemo_lobes.features import FeatureCache, read_audio, speaker_statistics
+from qieemo_lobes.features import (
+    FeatureCache,
+    normalize_speaker,
+    read_audio,
+    speaker_statistics,
+)
+from qieemo_lobes.manifests import write_json_atomic
 
 logger = get_logger(__name__)
 
@@ -60,15 +66,6 @@ def classification_metrics(true: list[str], predicted: list[str], classes: list[
         * f1_score(true, predicted, labels=present, average="macro", zero_division=0),
         "confusion": confusion_matrix(true, predicted, labels=classes).tolist(),
     }
-
-
-def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(obj, tmp, indent=2)
-    os.replace(tmp.name, path)
 
 
 class EmotionBrain(sb.Brain):
@@ -179,8 +176,7 @@ def dataio_prepare(
             stored = torch.load(feature_paths[utt_id], map_location="cpu")
             blocks, ppg = stored["blocks"], stored["ppg"]
             if speaker_stats is not None:
-                (b_mean, b_std), (p_mean, p_std) = speaker_stats[speaker].values()
-                blocks, ppg = (blocks.float() - b_mean) / b_std, (ppg.float() - p_mean) / p_std
+                blocks, ppg = normalize_speaker(blocks, ppg, speaker_stats[speaker])
             yield blocks.transpose(0, 1)  # (T, n_blocks, D): padded along time
             yield ppg
 
