@@ -4,9 +4,10 @@ Corpora: EmoDB (leave-one-speaker-out, 10 folds, 7 classes) and RAVDESS (6 folds
 8 classes), from ``../shared/data``. Systems, all with frozen whisper-base (fit window) where an
 encoder is used:
 
-- (a) qieemo: ``recipes/<corpus>/emotion/cross_validate.py hparams/qieemo_whisper.yaml``
-  (MMF + CMA head), and the same with per-speaker feature normalisation (transductive: it uses
-  the test speaker's unlabelled utterances);
+- (a) qieemo: ``recipes/<corpus>/emotion/cross_validate.py hparams/qieemo_whisper.yaml`` (the
+  recipe's default head), the same with per-speaker feature normalisation (transductive: it uses
+  the test speaker's unlabelled utterances) and, with ``--ablations``, with CMA toggled and
+  without MMF (the last block alone);
 - (b) probe: standardise + logistic regression (C=0.1) on the time-mean of one block, the block
   chosen per test fold by an inner cross-validation on the training folds (honest), and the same
   on per-speaker-normalised means;
@@ -16,7 +17,8 @@ encoder is used:
 
 prints one table (WA, UA, WF1 as mean +- std over folds, and wall times) and writes it with the
 command to ``benchmarks/results/accuracy.md``. ``--fresh-cache`` starts the qieemo run from an
-empty feature cache, so its wall time includes feature extraction.
+empty feature cache, so its wall time includes feature extraction. Finished folds are not rerun:
+a second call with the same ``--work`` reuses them (and their wall times).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,6 +39,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import baselines  # noqa: E402
+
+from qieemo_lobes.manifests import write_text_atomic  # noqa: E402
 
 CORPORA = {
     "emodb": ("EmoDB", "emodb"),
@@ -90,6 +93,15 @@ def block_means(items: list[dict], cache: Path, speaker_norm: bool) -> np.ndarra
     return np.stack(means, axis=1)
 
 
+def qieemo_name(hparams: dict) -> str:
+    """The row name of a qieemo run, from the hyperparameters it ran with."""
+    parts = [f"MMF blocks {hparams['fusion_blocks']}" if hparams["use_mmf"] else "last block"]
+    parts.append("CMA" if hparams["use_cma"] else "no CMA")
+    if hparams.get("speaker_norm"):
+        parts.append("per-speaker normalisation")
+    return f"(a) qieemo, whisper-base frozen: {', '.join(parts)}"
+
+
 def row(name: str, mean: dict, std: dict, wall: float | None, note: str = "") -> str:
     cells = " | ".join(f"{mean[m]:.1f} +- {std[m]:.1f}" for m in ("wa", "ua", "wf1"))
     return f"| {name} | {cells} | {'' if wall is None else f'{wall:.0f}'} | {note} |"
@@ -115,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-speaker-norm", action="store_true", help="skip the per-speaker-normalised qieemo run"
     )
+    parser.add_argument(
+        "--ablations", action="store_true", help="also run qieemo with CMA toggled and without MMF"
+    )
     args = parser.parse_args(argv)
     work = Path(args.work)
     cache = work / "feature_cache"
@@ -123,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         for corpus in args.corpora.split(","):
             shutil.rmtree(work / corpus, ignore_errors=True)
 
+    from qieemo_lobes.encoders import WhisperBlocks
+    from qieemo_lobes.features import FeatureCache
+
+    identity = WhisperBlocks.identity_for("whisper-base", "fit")
+    reader = FeatureCache(SimpleNamespace(identity=identity), cache)
     lines = []
     for corpus in args.corpora.split(","):
         data = Path(args.data) / CORPORA[corpus][1]
@@ -135,28 +155,30 @@ def main(argv: list[str] | None = None) -> int:
             "| system | WA | UA | WF1 | wall time (s) | note |",
             "|---|---|---|---|---|---|",
         ]
-        summary, wall = run_qieemo(corpus, data, work / corpus / "qieemo", cache)
-        table.append(
-            row(
-                "(a) qieemo, whisper-base frozen (MMF + CMA)",
-                summary["mean"],
-                summary["std"],
-                wall,
-                "feature extraction included" if args.fresh_cache else "features cached",
-            )
-        )
+        runs = [("qieemo", [], "")]
         if not args.no_speaker_norm:
-            summary, wall = run_qieemo(
-                corpus, data, work / corpus / "qieemo_spknorm", cache, "--speaker_norm=True"
+            runs.append(
+                ("qieemo_spknorm", ["--speaker_norm=True"], "transductive (test speakers' audio)")
             )
+        if args.ablations:
+            runs += [
+                ("qieemo_cma_toggled", None, "ablation"),
+                ("qieemo_no_mmf", ["--use_mmf=False"], "ablation"),
+            ]
+        default_hparams: dict = {}
+        for name, overrides, note in runs:
+            if overrides is None:  # the other CMA setting than the recipe's default
+                overrides = [f"--use_cma={not default_hparams.get('use_cma', True)}"]
+            marker = work / corpus / name / "started_with_empty_cache"
+            if name == "qieemo" and not any(reader.entry(i["path"]).exists() for i in items):
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()  # this run's wall time includes the corpus' feature extraction
+            summary, wall = run_qieemo(corpus, data, work / corpus / name, cache, *overrides)
+            default_hparams = default_hparams or summary["hparams"]
+            if name == "qieemo":
+                note = "feature extraction included" if marker.exists() else "features cached"
             table.append(
-                row(
-                    "(a) qieemo + per-speaker normalisation",
-                    summary["mean"],
-                    summary["std"],
-                    wall,
-                    "transductive (test speakers' unlabelled audio)",
-                )
+                row(qieemo_name(summary["hparams"]), summary["mean"], summary["std"], wall, note)
             )
         for speaker_norm in (False, True):
             start = time.time()
@@ -207,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write("\n".join(header + lines))
-    os.replace(tmp.name, out)
+    write_text_atomic("\n".join(header + lines), out)
     print(f"written {out}")
     return 0
 

@@ -40,6 +40,7 @@ import numpy as np
 import soundfile as sf
 
 from qieemo_lobes.classify import DEFAULT_MODEL_DIR
+from qieemo_lobes.manifests import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QIEEMO_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -58,7 +59,6 @@ from qieemo_lobes import classify  # as the command: quiet libraries, threads, m
 classify._quiet_libraries(); classify._return_freed_memory(); classify._passive_openmp()
 import torch; classify._set_threads(torch); step("import torch")
 import speechbrain.inference.interfaces; step("import speechbrain (inference)")
-import transformers.models.whisper.modeling_whisper; step("import transformers (Whisper)")
 from qieemo_lobes.interfaces import EmotionRecognizer; step("import qieemo_lobes")
 recognizer = EmotionRecognizer.from_hparams(source=sys.argv[1]); step("build model (encoder + head)")
 from qieemo_lobes.audio import load_audio
@@ -137,6 +137,9 @@ def main() -> None:
         "--threads", type=int, help="OMP_NUM_THREADS for the command (default: torch's choice)"
     )
     parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.add_argument(
+        "--out", help="also write the table, with the command, to this Markdown file"
+    )
     args = parser.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every child
@@ -204,48 +207,55 @@ def main() -> None:
         "startup_steps_s": {name: float(value) for name, value in steps if name != "peak_mb"},
         "long": long_result,
     }
-    print_table(result)
+    table = format_table(result)
+    print(table)
+    if args.out:
+        command = "python benchmarks/classify_speed.py " + " ".join(sys.argv[1:])
+        header = f"# Speed and memory of the classify command\n\nCommand: `{command}`\n\n"
+        write_text_atomic(header + table + "\n", args.out)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def print_table(r: dict) -> None:
+def format_table(r: dict) -> str:
     def verdict(value, target):
         return "ok" if value <= target else "MISSED"
 
+    out: list[str] = []
     load = ", ".join(f"{x:.1f}" for x in r["load_average"])
-    print(f"machine: {r['machine']}; load average {load}")
-    print(f"model: {r['model']}; batch size {r['batch_size']}; threads {r['threads']}\n")
-    print("| measure | value | target |")
-    print("|---|---|---|")
-    print(f"| files | {r['files']} ({r['audio_s']:.0f} s of audio) | |")
-    print(f"| wall time, whole process | {r['wall_s']:.1f} s | |")
-    print(f"| files per second | {r['files_per_s']:.1f} | |")
-    print(
+    out.append(f"machine: {r['machine']}; load average {load}")
+    out.append(f"model: {r['model']}; batch size {r['batch_size']}; threads {r['threads']}\n")
+    out.append("| measure | value | target |")
+    out.append("|---|---|---|")
+    out.append(f"| files | {r['files']} ({r['audio_s']:.0f} s of audio) | |")
+    out.append(f"| wall time, whole process | {r['wall_s']:.1f} s | |")
+    out.append(f"| files per second | {r['files_per_s']:.1f} | |")
+    out.append(
         f"| real-time factor, whole process | {r['rtf']:.3f} | <= {TARGETS['rtf']} "
         f"{verdict(r['rtf'], TARGETS['rtf'])} |"
     )
-    print(f"| real-time factor after the first result | {r['rtf_after_first_result']:.3f} | |")
+    out.append(f"| real-time factor after the first result | {r['rtf_after_first_result']:.3f} | |")
     peak_gb = r["peak_mb"] / 1024
-    print(
+    out.append(
         f"| peak resident memory | {peak_gb:.2f} GB | <= {TARGETS['peak_gb']} GB "
         f"{verdict(peak_gb, TARGETS['peak_gb'])} |"
     )
-    print(
+    out.append(
         f"| cold start (1 clip, median of {r['cold_start_runs_s']}) | {r['cold_start_s']:.1f} s "
         f"| <= {TARGETS['cold_start_s']} s {verdict(r['cold_start_s'], TARGETS['cold_start_s'])} |"
     )
     if r["long"]:
         lr = r["long"]
-        print(
+        out.append(
             f"| long recording, {lr['audio_s'] / 60:.0f} min ({lr['segments']} segments) | "
             f"RTF {lr['rtf']:.3f}, peak {lr['peak_mb'] / 1024:.2f} GB | |"
         )
-    print("\nwhere the start-up goes (one child process):\n")
-    print("| step | seconds |")
-    print("|---|---|")
+    out.append("\nwhere the start-up goes (one child process):\n")
+    out.append("| step | seconds |")
+    out.append("|---|---|")
     for name, seconds in r["startup_steps_s"].items():
-        print(f"| {name} | {seconds:.2f} |")
+        out.append(f"| {name} | {seconds:.2f} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -467,12 +467,16 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in ("speechbrain", "transformers", "huggingface_hub", "qieemo_lobes"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if "transformers" not in sys.modules:
+        # Not imported (never, with TorchWhisperBlocks: importing it costs seconds); if a model
+        # needs it later, its import reads the variables above.
+        return
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    except Exception:  # transformers missing or changed: chatter only
+    except Exception:  # transformers changed: chatter only
         pass
 
 

@@ -176,63 +176,21 @@ class WhisperBlocks(nn.Module):
         return self._encode(wavs, wav_lens)
 
     def _encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
-        n_samples = torch.round(wav_lens * wavs.shape[1]).long().clamp(max=wavs.shape[1])
-        blocks_out, ppg_out = [], []
-        for start in range(0, max(int(n_samples.max()), 1), WINDOW_SAMPLES):
-            chunk_lens = (n_samples - start).clamp(min=0, max=WINDOW_SAMPLES)
-            active = torch.nonzero(chunk_lens > 0).flatten()
-            chunk = wavs[active, start : start + WINDOW_SAMPLES]
-            blocks, ppg = self._encode_window(chunk, chunk_lens[active])
-            # Utterances that ended before this window contribute zeros (they are padding).
-            full_blocks = blocks.new_zeros((blocks.shape[0], wavs.shape[0], *blocks.shape[2:]))
-            full_ppg = ppg.new_zeros((wavs.shape[0], *ppg.shape[1:]))
-            full_blocks[:, active] = blocks
-            full_ppg[active] = ppg
-            blocks_out.append(full_blocks)
-            ppg_out.append(full_ppg)
-        return torch.cat(blocks_out, dim=2), torch.cat(ppg_out, dim=1)
-
-    def log_mel(self, wav: torch.Tensor, n_samples: int) -> torch.Tensor:
-        """Whisper's log-mel ``(n_mels, n_samples // 160)`` of one utterance (per-utterance max)."""
-        stft = torch.stft(
-            wav[:n_samples],
-            self.whisper._n_fft,
-            HOP,
-            window=torch.hann_window(self.whisper._n_fft, device=wav.device),
-            return_complex=True,
-        )
-        mel = self.whisper._mel_filters @ stft[..., :-1].abs() ** 2
-        log_spec = torch.clamp(mel, min=1e-10).log10()
-        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
-        return (log_spec + 4.0) / 4.0
+        return encode_in_windows(wavs, wav_lens, self._encode_window)
 
     def _encode_window(self, wavs: torch.Tensor, n_samples: torch.Tensor):
-        """Encode at most 30 s per utterance; outputs cropped to the longest utterance's frames.
-
-        An utterance of ``n`` samples has ``n // 160`` mel frames and ``(n // 160 + 1) // 2``
-        encoder frames (20 ms each), in both windows.
-        """
+        """Encode at most 30 s per utterance; outputs cropped to the longest utterance's frames."""
         fit = self.window == "fit"
-        mel_frames = (
-            n_samples // HOP if fit else torch.full_like(n_samples, WINDOW_SAMPLES // HOP)
-        ).clamp(min=2)
-        mels = wavs.new_zeros(
-            (wavs.shape[0], self.whisper._mel_filters.shape[0], int(mel_frames.max()))
+        window = torch.hann_window(self.whisper._n_fft, device=wavs.device)
+        mels, mel_frames, valid = log_mel_batch(
+            wavs, n_samples, fit, self.whisper._mel_filters, window
         )
-        for i, length in enumerate(n_samples.tolist()):
-            wav = wavs[i, :length]
-            if not fit:  # zero-pad to the 30 s window, as Whisper was trained
-                wav = nn.functional.pad(wav, (0, WINDOW_SAMPLES - length))
-            frames = int(mel_frames[i])
-            mels[i, :, :frames] = self.log_mel(wav, max(len(wav), 2 * HOP))[:, :frames]
-
         enc = self.encoder
         x = nn.functional.gelu(enc.conv1(mels))
         if fit:  # conv2 must see zeros past each utterance's end, as when it runs alone
             x = x * _frame_mask(mel_frames, x.shape[-1]).unsqueeze(1)
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         frames = (mel_frames + 1) // 2  # conv2: stride 2
-        valid = int(((n_samples // HOP).clamp(min=2) + 1).max()) // 2
         x = x + enc.embed_positions.weight[: x.shape[1]]
 
         attention_mask = None
@@ -251,6 +209,73 @@ class WhisperBlocks(nn.Module):
             blocks.append(x)
         ppg = enc.layer_norm(x)
         return torch.stack(blocks)[:, :, :valid], ppg[:, :valid]
+
+
+def encode_in_windows(wavs: torch.Tensor, wav_lens: torch.Tensor, encode_window) -> tuple:
+    """Encode ``wavs`` as consecutive 30-second windows and concatenate the frames.
+
+    ``encode_window(chunk, n_samples)`` encodes at most 30 s per utterance and returns
+    ``(blocks (n_blocks, b, T, D), ppg (b, T, D))`` for the ``b`` utterances still running in that
+    window; utterances that ended earlier get zeros (padding) there.
+    """
+    n_samples = torch.round(wav_lens * wavs.shape[1]).long().clamp(max=wavs.shape[1])
+    blocks_out, ppg_out = [], []
+    for start in range(0, max(int(n_samples.max()), 1), WINDOW_SAMPLES):
+        chunk_lens = (n_samples - start).clamp(min=0, max=WINDOW_SAMPLES)
+        active = torch.nonzero(chunk_lens > 0).flatten()
+        blocks, ppg = encode_window(
+            wavs[active, start : start + WINDOW_SAMPLES], chunk_lens[active]
+        )
+        if len(active) < wavs.shape[0]:
+            full_blocks = blocks.new_zeros((blocks.shape[0], wavs.shape[0], *blocks.shape[2:]))
+            full_ppg = ppg.new_zeros((wavs.shape[0], *ppg.shape[1:]))
+            full_blocks[:, active] = blocks
+            full_ppg[active] = ppg
+            blocks, ppg = full_blocks, full_ppg
+        blocks_out.append(blocks)
+        ppg_out.append(ppg)
+    if len(ppg_out) == 1:
+        return blocks_out[0], ppg_out[0]
+    return torch.cat(blocks_out, dim=2), torch.cat(ppg_out, dim=1)
+
+
+def log_mel(
+    wav: torch.Tensor, n_samples: int, mel_filters: torch.Tensor, window: torch.Tensor
+) -> torch.Tensor:
+    """Whisper's log-mel ``(n_mels, n_samples // 160)`` of one utterance (per-utterance max)."""
+    stft = torch.stft(wav[:n_samples], len(window), HOP, window=window, return_complex=True)
+    mel = mel_filters @ stft[..., :-1].abs() ** 2
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
+def log_mel_batch(
+    wavs: torch.Tensor,
+    n_samples: torch.Tensor,
+    fit: bool,
+    mel_filters: torch.Tensor,
+    window: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Log-mels of a window's batch: ``(mels (B, n_mels, frames), mel_frames (B,), valid)``.
+
+    An utterance of ``n`` samples has ``n // 160`` mel frames and ``(n // 160 + 1) // 2``
+    encoder frames (20 ms each), in both windows; ``valid`` is the longest utterance's number of
+    encoder frames. ``fit=False`` zero-pads every utterance to the 30-second window, as Whisper
+    was trained.
+    """
+    mel_frames = (
+        n_samples // HOP if fit else torch.full_like(n_samples, WINDOW_SAMPLES // HOP)
+    ).clamp(min=2)
+    mels = wavs.new_zeros((wavs.shape[0], mel_filters.shape[0], int(mel_frames.max())))
+    for i, length in enumerate(n_samples.tolist()):
+        wav = wavs[i, :length]
+        if not fit:
+            wav = nn.functional.pad(wav, (0, WINDOW_SAMPLES - length))
+        frames = int(mel_frames[i])
+        mels[i, :, :frames] = log_mel(wav, max(len(wav), 2 * HOP), mel_filters, window)[:, :frames]
+    valid = int(((n_samples // HOP).clamp(min=2) + 1).max()) // 2
+    return mels, mel_frames, valid
 
 
 def _frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

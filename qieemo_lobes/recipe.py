@@ -74,9 +74,9 @@ class EmotionBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         if self.hparams.use_feature_cache:
-            blocks, lens = batch.blocks  # (B, T, n_blocks, D), stored time-first
-            blocks = blocks.permute(2, 0, 1, 3).float()
-            ppg = batch.ppg.data.float()
+            blocks, lens = batch.blocks  # (B, T, n_blocks, D), stored time-first, fp16
+            blocks = blocks.permute(2, 0, 1, 3)  # the head converts the blocks it reads
+            ppg = batch.ppg.data
         else:
             wavs, lens = batch.sig
             if stage == sb.Stage.TRAIN and hasattr(self.hparams, "augment"):
@@ -112,8 +112,12 @@ class EmotionBrain(sb.Brain):
         metrics, rows = self._stage_metrics()
         stats = {"loss": stage_loss, **{k: metrics[k] for k in ("wa", "ua", "wf1")}}
         if stage == sb.Stage.VALID:
-            # NewBob minimises a positive metric: the UA error.
-            old_lr, new_lr = self.hparams.lr_annealing(100.0 - metrics["ua"])
+            annealing = self.hparams.lr_annealing
+            if isinstance(annealing, sb.nnet.schedulers.NewBobScheduler):
+                # NewBob minimises a positive metric: the UA error.
+                old_lr, new_lr = annealing(100.0 - metrics["ua"])
+            else:  # an epoch-indexed schedule (LinearScheduler, StepScheduler, ...)
+                old_lr, new_lr = annealing(epoch)
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.train_logger.log_stats(
                 {"epoch": epoch, "lr": old_lr, **self._block_weights()},
@@ -192,6 +196,10 @@ def dataio_prepare(
 
     datasets = {}
     for split in ("train", "valid", "test"):
+        with open(hparams[f"{split}_annotation"]) as fh:
+            if split == "test" and not json.load(fh):  # --test_fold=none: nothing to test
+                datasets[split] = []
+                continue
         dataset = sb.dataio.dataset.DynamicItemDataset.from_json(
             json_path=hparams[f"{split}_annotation"], dynamic_items=items, output_keys=keys
         )
@@ -310,9 +318,13 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["test_dataloader_opts"],
     )
-    brain.evaluate(
-        datasets["test"], max_key="ua", test_loader_kwargs=hparams["test_dataloader_opts"]
-    )
+    if len(datasets["test"]) == 0:  # --test_fold=none: a final model trained on every fold
+        logger.info("No test fold: trained on every fold; nothing to test")
+        brain.test_metrics, brain.test_rows = {}, []
+    else:
+        brain.evaluate(
+            datasets["test"], max_key="ua", test_loader_kwargs=hparams["test_dataloader_opts"]
+        )
     result = {
         "fold": str(summary.get("test_fold", hparams["test_fold"])),
         "n_train": len(datasets["train"]),
@@ -323,7 +335,8 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
     }
     if if_main_process():
         out = Path(hparams["output_folder"])
-        write_predictions(brain.test_rows, list(hparams["classes"]), out / "predictions.csv")
+        if brain.test_rows:
+            write_predictions(brain.test_rows, list(hparams["classes"]), out / "predictions.csv")
         plain = (str, int, float, bool, type(None))
         write_json_atomic(
             {
@@ -340,6 +353,7 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
             },
             out / "run_info.json",
         )
-        # Written last: its presence marks the fold as finished for cross-validation.
+        # Written last: its presence marks the run as finished (cross-validation, export).
+        # Without a test fold it holds the split sizes only.
         write_json_atomic(result, out / "test_metrics.json")
     return result

@@ -8,6 +8,16 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Recipe overrides for a small, fast emotion model: whisper-tiny.en (4 blocks of 384), a small
+# head. Tests add their own epochs, folds and validation split.
+TINY_WHISPER = [
+    "--encoder_source=whisper-tiny.en",
+    "--n_encoder_blocks=4",
+    "--encoder_dim=384",
+    "--fusion_blocks=[1,2]",
+    "--d_model=64",
+    "--d_ffn=128",
+]
 # The corpora are read in place from ../shared/data beside the checkout (never copied in).
 SHARED_DATA = Path(os.environ.get("QIEEMO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 

@@ -346,3 +346,34 @@ def test_inputs_without_audio_fail_without_loading_the_model(capsys, tmp_path, m
     assert lines[1] == f"{tmp_path / '*.flac'}: no audio files match this pattern"
     assert lines[2] == "classify: 2 of 2 inputs failed"
     assert "ERROR" not in out and "error: no audio files in directory" in out
+
+
+# Run the command in-process, then report which heavy libraries it imported.
+IMPORTS_PROBE = """
+import json, runpy, sys
+sys.argv = ["qieemo_lobes.classify", *sys.argv[1:]]
+try:
+    runpy.run_module("qieemo_lobes.classify", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+heavy = ("transformers", "matplotlib", "silero_vad", "sklearn", "speechbrain.integrations")
+loaded = sorted(m for m in sys.modules if m.startswith(heavy))
+print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
+"""
+
+
+def test_classifying_a_clip_imports_no_heavy_library(model, inputs):
+    """The exported model's encoder is TorchWhisperBlocks: classifying a short clip imports
+    neither transformers nor SpeechBrain's Whisper integration (seconds of start-up), nor
+    matplotlib (only with --plot) or Silero VAD (only for recordings over 30 s)."""
+    assert "TorchWhisperBlocks" in (model / "hyperparams.yaml").read_text()
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PROBE, str(inputs / "clip.wav"), "--model", str(model)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    assert report == {"code": 0, "loaded": []}, result.stderr
+    assert result.stdout.splitlines()[1].split()[0] == str(inputs / "clip.wav")

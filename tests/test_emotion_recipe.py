@@ -11,18 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_WHISPER
 
 RECIPE = REPO_ROOT / "recipes" / "EmoDB" / "emotion"
 SPEAKERS = ("03", "08", "09")
 # whisper-tiny.en keeps CI fast: 4 blocks of 384.
 TINY = [
-    "--encoder_source=whisper-tiny.en",
-    "--n_encoder_blocks=4",
-    "--encoder_dim=384",
-    "--fusion_blocks=[1,2]",
-    "--d_model=64",
-    "--d_ffn=128",
+    *TINY_WHISPER,
     "--number_of_epochs=15",
     # With 2 training speakers, holding one out for validation would halve the training data.
     "--valid_split=utterance",
@@ -149,6 +144,45 @@ def test_ablations_and_a_single_fold(tmp_path, subset, feature_cache):
     assert summary["hparams"]["use_mmf"] is False and summary["hparams"]["use_cma"] is False
 
 
+def test_final_model_without_test_fold_exports_and_classifies(tmp_path, subset, feature_cache):
+    """--test_fold=none trains on every fold (a final model); the run exports and classifies."""
+    run = tmp_path / "final"
+    command = [
+        sys.executable,
+        "train.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={run}",
+        f"--feature_cache={feature_cache}",
+        "--test_fold=none",
+        *(arg for arg in TINY if not arg.startswith("--number_of_epochs")),
+        "--number_of_epochs=2",
+    ]
+    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["n_test"] == 0 and "ua" not in metrics
+    assert metrics["n_train"] + metrics["n_valid"] == len(list(subset.glob("*.wav")))
+    assert not (run / "predictions.csv").exists()
+    model = tmp_path / "model"
+    export = subprocess.run(
+        [sys.executable, "-m", "qieemo_lobes.export", str(run), str(model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert export.returncode == 0, export.stderr[-2000:]
+    wav = sorted(subset.glob("*.wav"))[0]
+    classify = subprocess.run(
+        [sys.executable, "-m", "qieemo_lobes.classify", str(wav), "--model", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert classify.returncode == 0, classify.stderr[-2000:]
+    assert wav.name in classify.stdout
+
+
 def test_bad_data_folder_is_one_line(tmp_path):
     result = cross_validate(tmp_path / "missing", tmp_path / "out", tmp_path / "cache")
     assert result.returncode == 2
@@ -159,8 +193,8 @@ def test_bad_data_folder_is_one_line(tmp_path):
 def test_two_process_ddp_equals_one_process(tmp_path, subset, feature_cache):
     """torchrun with 2 CPU processes (gloo) trains the same model as 1 process.
 
-    Deterministic setting: sorted, not shuffled, no dropout, mean pooling (BatchNorm statistics would be
-    per process). Each of the 2 processes takes 4 utterances a step, the single process 8, and
+    Deterministic setting: sorted, not shuffled, no dropout, mean pooling and no input
+    standardisation (BatchNorm statistics would be per process). Each of the 2 processes takes 4 utterances a step, the single process 8, and
     DDP averages the gradients, so both take the same steps up to float rounding. Tolerance:
     at least 95 % of the test predictions identical and WA within 2 points.
     """
@@ -174,6 +208,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, subset, feature_cache):
         "--sorting=ascending",
         "--dropout=0.0",
         "--pooling=mean",
+        "--input_norm=False",
     ]
     single = subprocess.run(
         [

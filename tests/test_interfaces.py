@@ -23,17 +23,12 @@ import soundfile as sf
 import torch
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_WHISPER
 
 RECIPE = REPO_ROOT / "recipes" / "EmoDB" / "emotion"
 SPEAKERS = ("03", "08")  # fold 1 tests speaker 03; validation: 20 % of speaker 08
 TINY = [
-    "--encoder_source=whisper-tiny.en",
-    "--n_encoder_blocks=4",
-    "--encoder_dim=384",
-    "--fusion_blocks=[1,2]",
-    "--d_model=64",
-    "--d_ffn=128",
+    *TINY_WHISPER,
     "--number_of_epochs=8",
     "--test_fold=1",
     "--valid_split=utterance",
@@ -138,13 +133,19 @@ def test_export_writes_a_small_complete_model_folder(exported):
     assert metadata["dataset"] == "emodb"
     text = (model / "hyperparams.yaml").read_text()
     assert "source: whisper-tiny.en" in text and "freeze: true" in text
+    # An offline alias: the inference encoder is the plain-PyTorch one (no transformers).
+    assert "encoder: !new:qieemo_lobes.whisper_torch.TorchWhisperBlocks" in text
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     assert str(run) not in body  # nothing tied to the training machine's folders
     assert f"{metadata['test_metrics']['ua']:.1f} %" in (model / "README.md").read_text()
 
 
 def test_interface_reproduces_the_recipe_test_predictions(recognizer, recipe_predictions):
-    """classify_batch over the whole test speaker gives the recipe's predictions.csv."""
+    """classify_batch over the whole test speaker gives the recipe's predictions.csv (the
+    recipe's features came from WhisperBlocks, the interface runs TorchWhisperBlocks)."""
+    from qieemo_lobes.whisper_torch import TorchWhisperBlocks
+
+    assert isinstance(recognizer.mods.encoder, TorchWhisperBlocks)
     labels = recognizer.labels
     assert labels == ["angry", "bored", "disgust", "fearful", "happy", "neutral", "sad"]
     from qieemo_lobes.audio import load_audio
@@ -290,3 +291,30 @@ def test_export_replaces_an_earlier_export_but_nothing_else(exported, tmp_path, 
     assert "not an exported model" in capsys.readouterr().err
     assert (other / "keep.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+TORCH_ENCODER = "qieemo_lobes.whisper_torch.TorchWhisperBlocks"
+HF_ENCODER = "qieemo_lobes.encoders.WhisperBlocks"
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (
+            ["source: whisper-tiny.en", "window: fit", "freeze: true", "unfreeze_top: 2"],
+            TORCH_ENCODER,
+        ),
+        (["source: whisper-base", "save_path: /somewhere/cache"], TORCH_ENCODER),  # window 30s
+        (["source: openai/whisper-base", "window: fit"], HF_ENCODER),  # not an offline alias
+        (["source: whisper-base", "window: fit", "new_option: 1"], HF_ENCODER),  # unknown to it
+    ],
+)
+def test_export_uses_torch_whisper_blocks_where_it_stands_in(arguments, expected):
+    """Offline aliases get TorchWhisperBlocks; anything it cannot load keeps WhisperBlocks."""
+    from qieemo_lobes.export import _dump, _inference_encoder, _yaml
+
+    node = _yaml().load("\n".join([f"encoder: !new:{HF_ENCODER}", *(f"  {a}" for a in arguments)]))
+    encoder = _inference_encoder(node["encoder"])
+    assert encoder.tag.value == f"!new:{expected}"
+    assert encoder["freeze"] is True and not {"unfreeze_top", "save_path"} & set(encoder)
+    assert _dump("encoder", encoder).startswith(f"encoder: !new:{expected}\n")

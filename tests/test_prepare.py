@@ -579,6 +579,7 @@ def test_resolve_test_fold():
     assert resolve_test_fold(folds, 10) == "16"  # an int is an index
     assert resolve_test_fold(folds, "10") == "10"  # a string naming a fold is that fold
     assert resolve_test_fold(["Session1", "Session2"], "2") == "Session2"
+    assert resolve_test_fold(folds, "none") == "none"  # no test fold
     for bad in (0, 11, "Session9", True):
         with pytest.raises(ValueError):
             resolve_test_fold(folds, bad)
@@ -594,6 +595,9 @@ def test_valid_split_sizes_and_seed(tmp_path, recipes):
     assert len(utt["valid"]) == 3 and len(utt["test"]) == 2
     none = split_for_test_fold(records, 4, valid_ratio=0)
     assert none["valid"] == [] and len(none["train"]) == 10
+    final = split_for_test_fold(records, "none", valid_ratio=0.2, seed=3)  # a final model
+    assert final["test"] == [] and len(final["train"]) + len(final["valid"]) == len(records)
+    assert {r.speaker for r in final["valid"]}.isdisjoint(r.speaker for r in final["train"])
     with pytest.raises(ValueError, match="valid_split"):
         split_for_test_fold(records, 4, valid_split="random")
 

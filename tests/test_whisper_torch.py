@@ -1,0 +1,190 @@
+"""TorchWhisperBlocks: WhisperBlocks' outputs on real EmoDB speech, without transformers.
+
+Every comparison runs both encoders on the same padded batch and asks for equality within
+``ATOL`` (measured: exactly equal, max |difference| 0.0, on both aliases and both windows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qieemo_lobes import ct2_whisper
+from qieemo_lobes.encoders import WhisperBlocks
+from qieemo_lobes.features import read_audio
+from qieemo_lobes.whisper_torch import (
+    TorchWhisperBlocks,
+    _converted_dir,
+    _read_ct2,
+    load_encoder_state,
+    mel_filters,
+)
+from tests.conftest import REPO_ROOT
+
+ALIASES = ["whisper-tiny.en", "whisper-base"]
+SIZES = {"whisper-tiny.en": (4, 384), "whisper-base": (6, 512)}
+ATOL = 1e-4
+# Three clips of different lengths (EmoDB's clips here are all 2 s: two are cut shorter).
+CLIPS = [("03a01Fa.wav", None), ("08a04Wc.wav", 20000), ("13b03Lb.wav", 27001)]
+LONG_CLIPS = 23  # > 30 s: 23 clips of 2 s, 46 s (a second window, partly filled)
+
+
+def _pad(wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    return batch, torch.tensor([len(w) / batch.shape[1] for w in wavs])
+
+
+@pytest.fixture(scope="module")
+def clips(emodb_dir) -> list[torch.Tensor]:
+    return [read_audio(str(emodb_dir / name))[:n] for name, n in CLIPS]
+
+
+@pytest.fixture(scope="module")
+def long_wav(emodb_dir) -> torch.Tensor:
+    files = sorted(emodb_dir.glob("*.wav"))[:LONG_CLIPS]
+    return torch.cat([read_audio(str(f)) for f in files])
+
+
+@pytest.fixture(scope="module", params=ALIASES)
+def alias(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def pairs(alias):
+    """``window -> (WhisperBlocks, TorchWhisperBlocks)``, built on first use."""
+    built: dict = {}
+
+    def get(window: str):
+        if window not in built:
+            built[window] = (
+                WhisperBlocks(alias, window=window),
+                TorchWhisperBlocks(alias, window=window),
+            )
+        return built[window]
+
+    return get
+
+
+def _assert_same(reference, ours, wavs, lens) -> float:
+    ref_blocks, ref_ppg = reference(wavs, lens)
+    blocks, ppg = ours(wavs, lens)
+    assert blocks.shape == ref_blocks.shape and ppg.shape == ref_ppg.shape
+    difference = max(float((blocks - ref_blocks).abs().max()), float((ppg - ref_ppg).abs().max()))
+    assert difference <= ATOL, f"max |TorchWhisperBlocks - WhisperBlocks| = {difference}"
+    return difference
+
+
+@pytest.mark.parametrize("window", ["fit", "30s"])
+def test_padded_batch_equals_whisper_blocks(pairs, window, clips):
+    reference, ours = pairs(window)
+    wavs, lens = _pad(clips if window == "fit" else clips[1:])  # 30 s windows are slow
+    assert len(set(lens.tolist())) == len(lens)  # really of different lengths
+    _assert_same(reference, ours, wavs, lens)
+    blocks, ppg = ours(wavs, lens)
+    assert blocks.shape[2] == (len(wavs[0]) // 160 + 1) // 2
+
+
+@pytest.mark.parametrize("window", ["fit", "30s"])
+def test_input_over_30_s_equals_whisper_blocks(pairs, window, long_wav, clips):
+    """46 s next to a 2 s clip: two windows, the second with one utterance."""
+    reference, ours = pairs(window)
+    wavs, lens = _pad([long_wav, clips[2]])
+    _assert_same(reference, ours, wavs, lens)
+    _, ppg = ours(wavs, lens)
+    assert ppg.shape[1] == 1500 + ((len(long_wav) - 480000) // 160 + 1) // 2
+    assert ppg[1, 1500:].abs().max() == 0  # the short clip's second window: zeros
+
+
+def test_identity_and_sizes_equal_whisper_blocks(alias, pairs):
+    n_blocks, dim = SIZES[alias]
+    for window in ("fit", "30s"):
+        reference, ours = pairs(window)
+        assert ours.identity == reference.identity
+        assert (ours.n_blocks, ours.block_dim, ours.ppg_dim) == (n_blocks, dim, dim)
+        assert ours.max_frames == reference.max_frames == 1500
+    assert TorchWhisperBlocks.identity_for("whisper-base", "fit") == WhisperBlocks.identity_for(
+        "whisper-base", "fit"
+    )
+
+
+def test_mel_filters_are_whisper_blocks_filters(pairs):
+    reference, ours = pairs("fit")
+    assert torch.equal(ours.mel_filters, reference.whisper._mel_filters)
+    assert torch.equal(mel_filters(80), reference.whisper._mel_filters)
+
+
+def test_safetensors_and_ctranslate2_weights_are_equal(alias):
+    """The converted folder (fast path) and the weight package's model.bin give equal weights."""
+    folder = Path(ct2_whisper.resolve_source(alias))
+    assert folder == _converted_dir(alias, ct2_whisper.default_cache_dir())
+    state, sizes = load_encoder_state(alias)
+    ct2_state, ct2_sizes = _read_ct2(alias)
+    assert sizes == ct2_sizes
+    assert state.keys() == ct2_state.keys()
+    for key, value in state.items():
+        assert torch.equal(value, ct2_state[key]), key
+
+
+def test_local_hugging_face_folder(clips):
+    folder = ct2_whisper.resolve_source("whisper-tiny.en")
+    ours = TorchWhisperBlocks(folder, window="fit")
+    alias = TorchWhisperBlocks("whisper-tiny.en", window="fit")
+    wavs, lens = _pad(clips)
+    for a, b in zip(ours(wavs, lens), alias(wavs, lens), strict=True):
+        assert torch.equal(a, b)
+    assert ours.identity == WhisperBlocks.identity_for(folder, "fit")
+
+
+def test_inference_only_and_refusals(clips):
+    ours = TorchWhisperBlocks("whisper-tiny.en", window="fit")
+    ours.train()
+    assert not ours.encoder.training
+    assert not any(p.requires_grad for p in ours.parameters())
+    blocks, ppg = ours(clips[0][None])
+    assert not blocks.requires_grad and not ppg.requires_grad
+    with pytest.raises(ValueError, match="inference only"):
+        TorchWhisperBlocks("whisper-tiny.en", freeze=False)
+    with pytest.raises(ValueError, match="window"):
+        TorchWhisperBlocks("whisper-tiny.en", window="10s")
+    with pytest.raises(ValueError, match="not an offline alias"):
+        TorchWhisperBlocks("openai/whisper-does-not-exist")
+
+
+PROBE = """
+import json, sys, torch
+from qieemo_lobes.whisper_torch import TorchWhisperBlocks
+encoder = TorchWhisperBlocks(sys.argv[1], window="fit")
+blocks, ppg = encoder(torch.randn(2, 16000), torch.tensor([1.0, 0.5]))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("transformers", "speechbrain"))
+print(json.dumps({"heavy": heavy, "shape": list(ppg.shape)}))
+"""
+
+
+@pytest.mark.parametrize("cache", ["converted", "empty"])
+def test_no_transformers_import(cache, tmp_path):
+    """Importing, building and running it imports neither transformers nor SpeechBrain, whether
+    the alias was converted (safetensors) or not (the CTranslate2 file, nothing written)."""
+    env = dict(os.environ)
+    if cache == "empty":
+        env["QIEEMO_CACHE"] = str(tmp_path)
+    else:
+        ct2_whisper.resolve_source("whisper-tiny.en")  # the converted folder exists
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, "whisper-tiny.en"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"heavy": [], "shape": [2, 50, 384]}
+    assert list(tmp_path.iterdir()) == []  # never converts
