@@ -195,6 +195,11 @@ def _inference_yaml(run: Path, info: dict) -> str:
     tree = info["tree"]
     encoder = _inference_encoder(tree["encoder"])
     head = _detach(tree["head"])
+    if encoder.tag.value == f"!new:{TORCH_ENCODER}" and head.get("use_cma") is False:
+        # The head reads neither the PPG nor the blocks above its highest: skip them.
+        read = list(head["blocks"]) if head.get("use_mmf", True) else []
+        if read:
+            encoder["run_blocks"] = max(int(b) for b in read)
     n_classes = head.get("n_classes", len(info["classes"]))
     return "\n".join(
         [

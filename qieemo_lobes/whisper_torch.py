@@ -152,8 +152,8 @@ class AudioEncoder(nn.Module):
         self.ln_post = nn.LayerNorm(n_state)
 
     def forward(
-        self, mels: Tensor, mel_frames: Tensor | None = None
-    ) -> tuple[list[Tensor], Tensor]:
+        self, mels: Tensor, mel_frames: Tensor | None = None, n_run: int | None = None
+    ) -> tuple[list[Tensor], Tensor | None]:
         """``mels`` ``(B, n_mels, frames)`` -> (every block's output ``(B, T, D)``, the output
         after ``ln_post``), ``T = ceil(frames / 2)``.
 
@@ -171,9 +171,11 @@ class AudioEncoder(nn.Module):
             if bool((frames < x.shape[1]).any()):
                 mask = _frame_mask(frames, x.shape[1])[:, None, None, :]
         blocks = []
-        for block in self.blocks:
+        for block in self.blocks[:n_run]:
             x = block(x, mask)
             blocks.append(x)
+        if len(blocks) < len(self.blocks):  # stopped early: no final output
+            return blocks, None
         return blocks, self.ln_post(x)
 
 
@@ -347,6 +349,11 @@ class TorchWhisperBlocks(nn.Module):
         encoded as consecutive 30 s windows, their frames concatenated.
     freeze : bool
         Must be True (accepted so that a ``WhisperBlocks`` node's arguments fit).
+    run_blocks : int, optional
+        Run only the first ``run_blocks`` blocks, for a head that reads nothing above them and not
+        the PPG (a Qieemo head without CMA fusing blocks 2-3 of whisper-base needs half the
+        encoder). The blocks not run and the PPG are returned filled with NaN, so that a head
+        that reads them anyway fails loudly. ``python -m qieemo_lobes.export`` sets it.
 
     Example
     -------
@@ -366,6 +373,7 @@ class TorchWhisperBlocks(nn.Module):
         save_path: str | None = None,
         window: str = "30s",
         freeze: bool = True,
+        run_blocks: int | None = None,
     ):
         super().__init__()
         if window not in ("30s", "fit"):
@@ -384,6 +392,9 @@ class TorchWhisperBlocks(nn.Module):
         self.register_buffer("mel_filters", mel_filters(sizes["n_mels"]), persistent=False)
         self.register_buffer("stft_window", torch.hann_window(N_FFT), persistent=False)
         self.n_blocks = sizes["n_layer"]
+        if run_blocks is not None and not 1 <= run_blocks <= self.n_blocks:
+            raise ValueError(f"run_blocks must be in 1..{self.n_blocks}, not {run_blocks}")
+        self.run_blocks = None if run_blocks == self.n_blocks else run_blocks
         self.block_dim = sizes["n_state"]
         self.ppg_dim = self.block_dim
         self.max_frames = sizes["n_ctx"]
@@ -431,5 +442,10 @@ class TorchWhisperBlocks(nn.Module):
         mels, mel_frames, valid = log_mel_batch(
             wavs, n_samples, fit, self.mel_filters, self.stft_window
         )
-        blocks, ppg = self.encoder(mels, mel_frames if fit else None)
-        return torch.stack([x[:, :valid] for x in blocks]), ppg[:, :valid]
+        blocks, ppg = self.encoder(mels, mel_frames if fit else None, self.run_blocks)
+        blocks = [x[:, :valid] for x in blocks]
+        if self.run_blocks is not None:  # blocks not run, and the PPG: NaN (see run_blocks)
+            unused = torch.full_like(blocks[0], float("nan"))
+            blocks += [unused] * (self.n_blocks - self.run_blocks)
+            ppg = unused
+        return torch.stack(blocks), ppg[:, :valid]

@@ -135,6 +135,8 @@ def test_export_writes_a_small_complete_model_folder(exported):
     assert "source: whisper-tiny.en" in text and "freeze: true" in text
     # An offline alias: the inference encoder is the plain-PyTorch one (no transformers).
     assert "encoder: !new:qieemo_lobes.whisper_torch.TorchWhisperBlocks" in text
+    # The head (no CMA, blocks 1-2) reads neither the PPG nor blocks 3-4: they are not run.
+    assert "use_cma: false" in text and "run_blocks: 2" in text
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     assert str(run) not in body  # nothing tied to the training machine's folders
     assert f"{metadata['test_metrics']['ua']:.1f} %" in (model / "README.md").read_text()

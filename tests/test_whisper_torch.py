@@ -102,6 +102,19 @@ def test_input_over_30_s_equals_whisper_blocks(pairs, window, long_wav, clips):
     assert ppg[1, 1500:].abs().max() == 0  # the short clip's second window: zeros
 
 
+def test_run_blocks_computes_the_same_lower_blocks_and_nan_above(clips):
+    """run_blocks=2: blocks 1-2 as the full encoder's; blocks above and the PPG are NaN."""
+    full = TorchWhisperBlocks("whisper-tiny.en", window="fit")
+    lower = TorchWhisperBlocks("whisper-tiny.en", window="fit", run_blocks=2)
+    wavs, lens = _pad(clips)
+    (blocks, _), (part, ppg) = full(wavs, lens), lower(wavs, lens)
+    assert part.shape == blocks.shape and ppg.shape == (blocks.shape[1], *blocks.shape[2:])
+    assert torch.equal(part[:2], blocks[:2])
+    assert bool(part[2:].isnan().all()) and bool(ppg.isnan().all())
+    with pytest.raises(ValueError, match="run_blocks"):
+        TorchWhisperBlocks("whisper-tiny.en", run_blocks=5)
+
+
 def test_identity_and_sizes_equal_whisper_blocks(alias, pairs):
     n_blocks, dim = SIZES[alias]
     for window in ("fit", "30s"):
