@@ -6,8 +6,8 @@ encoder is used:
 
 - (a) qieemo: ``recipes/<corpus>/emotion/cross_validate.py hparams/qieemo_whisper.yaml`` (the
   recipe's default head), the same with per-speaker feature normalisation (transductive: it uses
-  the test speaker's unlabelled utterances) and, with ``--ablations``, with CMA toggled and
-  without MMF (the last block alone);
+  the test speaker's unlabelled utterances) and, on the corpora named by ``--ablations``, with
+  CMA toggled and without MMF (the last block alone);
 - (b) probe: standardise + logistic regression (C=0.1) on the time-mean of one block, the block
   chosen per test fold by an inner cross-validation on the training folds (honest), and the same
   on per-speaker-normalised means;
@@ -128,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-speaker-norm", action="store_true", help="skip the per-speaker-normalised qieemo run"
     )
     parser.add_argument(
-        "--ablations", action="store_true", help="also run qieemo with CMA toggled and without MMF"
+        "--ablations",
+        default="",
+        help="comma-separated corpora on which qieemo also runs with CMA toggled and without MMF",
     )
     args = parser.parse_args(argv)
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # the recipes run in their own folders
     cache = work / "feature_cache"
     if args.fresh_cache:
         shutil.rmtree(cache, ignore_errors=True)
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(
                 ("qieemo_spknorm", ["--speaker_norm=True"], "transductive (test speakers' audio)")
             )
-        if args.ablations:
+        if corpus in args.ablations.split(","):
             runs += [
                 ("qieemo_cma_toggled", None, "ablation"),
                 ("qieemo_no_mmf", ["--use_mmf=False"], "ablation"),

@@ -52,7 +52,9 @@ def test_classify_uses_the_default_model_on_the_examples():
     assert sorted(records) == audio
     for record in records.values():
         assert record["label"] in CLASSES
-        assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert sum(record["probabilities"].values()) == pytest.approx(
+            1.0, abs=4 * 0.5e-4 + 1e-9
+        )  # rounded to 4 decimals
     assert len(records["conversation.flac"]["segments"]) >= 2  # a long recording is segmented
 
 

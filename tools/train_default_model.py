@@ -41,6 +41,16 @@ CANDIDATES = {
         "small head: d_model 32, mean pooling, dropout 0.5, no CMA",
         ["--use_cma=False", "--d_model=32", "--pooling=mean", "--dropout=0.5"],
     ),
+    "small_no_input_norm": (
+        "small head without input standardisation",
+        [
+            "--use_cma=False",
+            "--d_model=32",
+            "--pooling=mean",
+            "--dropout=0.5",
+            "--input_norm=False",
+        ],
+    ),
     "recipe": ("the recipe's head: d_model 128, attentive pooling, no CMA", ["--use_cma=False"]),
     "recipe_cma": ("the recipe's head with CMA", ["--use_cma=True"]),
 }
