@@ -19,6 +19,7 @@ SPEAKERS = ("03", "08", "09")
 TINY = [
     *TINY_WHISPER,
     "--number_of_epochs=15",
+    "--batch_size=8",  # ~75 training utterances a fold: 10 steps an epoch
     # With 2 training speakers, holding one out for validation would halve the training data.
     "--valid_split=utterance",
     "--valid_ratio=0.25",  # ~25 validation utterances: a less noisy best-checkpoint choice
@@ -203,7 +204,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, subset, feature_cache):
         f"--data_folder={subset}",
         f"--feature_cache={feature_cache}",
         "--test_fold=1",
-        *(arg for arg in TINY if not arg.startswith("--number_of_epochs")),
+        *(arg for arg in TINY if not arg.startswith(("--number_of_epochs", "--batch_size"))),
         "--number_of_epochs=4",
         "--sorting=ascending",
         "--dropout=0.0",
