@@ -340,7 +340,7 @@ class QieemoHead(nn.Module):
     in eval (the frozen encoder's outputs do not drift, so that average is the training set's
     statistics). Whisper's features differ several-fold in scale and offset between dimensions;
     standardised, EmoDB leave-one-speaker-out UA rose by about 3 points (84.8 to 87.6, a fixed
-    training schedule outside the recipe). Across corpora it did not help: training-set statistics
+    training schedule in a scratch script outside the recipe, not a committed benchmark). Across corpora it did not help: training-set statistics
     do not transfer to another corpus (see the default model's card).
 
     Ablations: ``use_mmf=False`` replaces MMF by the last encoder block alone, projected to
