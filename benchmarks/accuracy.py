@@ -99,6 +99,11 @@ def qieemo_name(hparams: dict) -> str:
     parts.append("CMA" if hparams["use_cma"] else "no CMA")
     if hparams.get("speaker_norm"):
         parts.append("per-speaker normalisation")
+    tuned = int(hparams.get("tune_blocks", 0))
+    if tuned:
+        first = int(hparams["tune_first_block"])
+        ids = ", ".join(str(b) for b in range(first, first + tuned))
+        return f"(a) qieemo, whisper-base, block {ids} retrained: {', '.join(parts)}"
     return f"(a) qieemo, whisper-base frozen: {', '.join(parts)}"
 
 

@@ -195,11 +195,22 @@ def _inference_yaml(run: Path, info: dict) -> str:
     tree = info["tree"]
     encoder = _inference_encoder(tree["encoder"])
     head = _detach(tree["head"])
+    tuner = head.get("block_tuner")
+    tuned: set[int] = set()  # blocks the head recomputes itself (WhisperBlockTuner)
+    if isinstance(tuner, CommentedMap):
+        first, n_tuned = int(tuner.get("first_block", 0)), int(tuner.get("n_blocks", 1))
+        if n_tuned == 0:
+            del head["block_tuner"]  # switched off: leave it out of the inference file
+        tuned = set(range(first, first + n_tuned))
     if encoder.tag.value == f"!new:{TORCH_ENCODER}" and head.get("use_cma") is False:
-        # The head reads neither the PPG nor the blocks above its highest: skip them.
-        read = list(head["blocks"]) if head.get("use_mmf", True) else []
+        # The head reads neither the PPG nor the blocks above its highest, and it recomputes
+        # its tuned blocks from the block below them: the encoder skips all of those.
+        read = {int(b) for b in head["blocks"]} if head.get("use_mmf", True) else set()
         if read:
-            encoder["run_blocks"] = max(int(b) for b in read)
+            needed = read - tuned
+            if tuned:
+                needed.add(min(tuned) - 1)
+            encoder["run_blocks"] = max(needed)
     n_classes = head.get("n_classes", len(info["classes"]))
     return "\n".join(
         [

@@ -390,6 +390,11 @@ class QieemoHead(nn.Module):
         from every average.
     input_norm : bool
         Standardise the blocks read and the PPG per feature (see above).
+    block_tuner : nn.Module, optional
+        Applied to ``blocks`` first, ``block_tuner(blocks, lengths) -> blocks``: e.g.
+        :class:`~qieemo_lobes.whisper_torch.WhisperBlockTuner`, trainable copies of encoder blocks
+        recomputed from the (cached) block below them. Its weights live in the head's state dict.
+        The PPG is not recomputed.
 
     Example
     -------
@@ -421,6 +426,7 @@ class QieemoHead(nn.Module):
         activation: type[nn.Module] = nn.GELU,
         frame_stride: int = 1,
         input_norm: bool = True,
+        block_tuner: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if frame_stride < 1:
@@ -434,6 +440,7 @@ class QieemoHead(nn.Module):
         self.use_mmf = use_mmf
         self.use_cma = use_cma
         self.pooling = pooling
+        self.block_tuner = block_tuner
 
         # 0. Per-feature standardisation of what the head reads. Written here, not with
         # SpeechBrain's BatchNorm1d or InputNormalization: both would count padded frames (or
@@ -549,7 +556,10 @@ class QieemoHead(nn.Module):
         n_frames = torch.round(lengths.float() * time).long().clamp(1, time)
         time = int(n_frames.max())
         dtype = self.classifier[-1].weight.dtype
-        read = blocks[:, :, :time].index_select(0, self.read_index).to(dtype)  # (C, B, T, D)
+        blocks = blocks[:, :, :time]
+        if self.block_tuner is not None:
+            blocks = self.block_tuner(blocks, n_frames.float() / time)
+        read = blocks.index_select(0, self.read_index).to(dtype)  # (C, B, T, D)
         ppg = ppg[:, :time].to(dtype) if self.use_cma else None
         if self.frame_stride > 1:
             read = self._average_frames(read, n_frames, time_dim=2)

@@ -142,11 +142,18 @@ class EmotionBrain(sb.Brain):
         return {f"w{b}": round(w, 3) for b, w in zip(mmf.blocks, weights, strict=True)}
 
     def init_optimizers(self):
-        self.optimizer = self.hparams.opt_class(self.modules.head.parameters())
+        # Pretrained weights (the encoder's, or the head's retrained encoder blocks) get the
+        # encoder optimiser and its learning rate; the rest of the head the main one.
+        head = getattr(self.modules.head, "module", self.modules.head)  # unwrap DDP
+        tuner = getattr(head, "block_tuner", None)
+        encoder_params = list(tuner.parameters()) if tuner is not None else []
+        tuned = {id(p) for p in encoder_params}
+        self.optimizer = self.hparams.opt_class(
+            [p for p in head.parameters() if id(p) not in tuned]
+        )
         self.optimizers_dict = {"optimizer": self.optimizer}
-        encoder_params = []
         if not self.hparams.use_feature_cache and "encoder" in self.modules:
-            encoder_params = [p for p in self.modules.encoder.parameters() if p.requires_grad]
+            encoder_params += [p for p in self.modules.encoder.parameters() if p.requires_grad]
         if encoder_params:
             self.encoder_optimizer = self.hparams.encoder_opt_class(encoder_params)
             self.optimizers_dict["encoder_optimizer"] = self.encoder_optimizer

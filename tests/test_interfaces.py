@@ -39,9 +39,12 @@ TINY = [
 PROB_TOL = 2e-3
 
 
-def tiny_run(tmp_path_factory, emodb_dir: Path) -> tuple[Path, Path]:
-    """``(run folder, exported model folder)``, trained and exported once per test session."""
-    root = tmp_path_factory.getbasetemp() / "qieemo_tiny_model"
+def tiny_run(
+    tmp_path_factory, emodb_dir: Path, name: str = "qieemo_tiny_model", extra: tuple = ()
+) -> tuple[Path, Path]:
+    """``(run folder, exported model folder)``, trained and exported once per test session;
+    ``extra``: hyperparameter overrides (replacing TINY's of the same name)."""
+    root = tmp_path_factory.getbasetemp() / name
     run, model = root / "run", root / "model"
     if (model / "hyperparams.yaml").is_file():
         return run, model
@@ -57,7 +60,8 @@ def tiny_run(tmp_path_factory, emodb_dir: Path) -> tuple[Path, Path]:
         f"--data_folder={data}",
         f"--output_folder={run}",
         f"--feature_cache={root / 'features'}",
-        *TINY,
+        *(arg for arg in TINY if arg.split("=")[0] not in {e.split("=")[0] for e in extra}),
+        *extra,
     ]
     result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -77,8 +81,7 @@ def exported(tmp_path_factory, emodb_dir):
     return tiny_run(tmp_path_factory, emodb_dir)
 
 
-@pytest.fixture(scope="module")
-def recognizer(exported):
+def _load_offline(model: Path):
     """The exported model, loaded while every network connection fails."""
     from qieemo_lobes.interfaces import EmotionRecognizer
 
@@ -88,18 +91,27 @@ def recognizer(exported):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", no_network)
         mp.setattr(socket, "create_connection", no_network)
-        return EmotionRecognizer.from_hparams(source=str(exported[1]))
+        return EmotionRecognizer.from_hparams(source=str(model))
 
 
-@pytest.fixture(scope="module")
-def recipe_predictions(exported) -> list[dict]:
-    run, _ = exported
+def _predictions(run: Path) -> list[dict]:
+    """The recipe's predictions.csv rows, each with its utterance's audio file."""
     test = json.loads((run / "test.json").read_text())
     with open(run / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     for row in rows:
         row["wav"] = test[row["utterance"]]["wav"]
     return rows
+
+
+@pytest.fixture(scope="module")
+def recognizer(exported):
+    return _load_offline(exported[1])
+
+
+@pytest.fixture(scope="module")
+def recipe_predictions(exported) -> list[dict]:
+    return _predictions(exported[0])
 
 
 def _best_checkpoint(run: Path) -> Path:
@@ -137,6 +149,7 @@ def test_export_writes_a_small_complete_model_folder(exported):
     assert "encoder: !new:qieemo_lobes.whisper_torch.TorchWhisperBlocks" in text
     # The head (no CMA, blocks 1-2) reads neither the PPG nor blocks 3-4: they are not run.
     assert "use_cma: false" in text and "run_blocks: 2" in text
+    assert "block_tuner" not in text  # --tune_blocks=0 (off): left out of the inference file
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     assert str(run) not in body  # nothing tied to the training machine's folders
     assert f"{metadata['test_metrics']['ua']:.1f} %" in (model / "README.md").read_text()
@@ -145,6 +158,34 @@ def test_export_writes_a_small_complete_model_folder(exported):
 def test_interface_reproduces_the_recipe_test_predictions(recognizer, recipe_predictions):
     """classify_batch over the whole test speaker gives the recipe's predictions.csv (the
     recipe's features came from WhisperBlocks, the interface runs TorchWhisperBlocks)."""
+    _assert_reproduces(recognizer, recipe_predictions)
+
+
+def test_retrained_encoder_block_is_trained_exported_and_reproduced(tmp_path_factory, emodb_dir):
+    """--tune_blocks=1: encoder block 2 of whisper-tiny.en is retrained (from the cached block 1)
+    with the encoder optimiser; its weights travel in head.ckpt, the exported encoder runs block
+    1 only, and the interface reproduces the recipe's test predictions."""
+    from qieemo_lobes.whisper_torch import WhisperBlockTuner
+
+    run, model = tiny_run(
+        tmp_path_factory,
+        emodb_dir,
+        name="qieemo_tiny_tuned",
+        extra=("--tune_blocks=1", "--tune_first_block=2", "--number_of_epochs=4"),
+    )
+    best = _best_checkpoint(run)
+    assert (best / "encoder_optimizer.ckpt").is_file()
+    head = torch.load(model / "head.ckpt", map_location="cpu")
+    pretrained = WhisperBlockTuner("whisper-tiny.en", first_block=2).state_dict()
+    assert set(pretrained) == {k.removeprefix("block_tuner.") for k in head if "block_tuner." in k}
+    changed = [k for k, v in pretrained.items() if not torch.equal(head[f"block_tuner.{k}"], v)]
+    assert len(changed) == len(pretrained)  # every tensor trained
+    text = (model / "hyperparams.yaml").read_text()
+    assert "WhisperBlockTuner" in text and "run_blocks: 1" in text
+    _assert_reproduces(_load_offline(model), _predictions(run))
+
+
+def _assert_reproduces(recognizer, recipe_predictions: list[dict]) -> None:
     from qieemo_lobes.whisper_torch import TorchWhisperBlocks
 
     assert isinstance(recognizer.mods.encoder, TorchWhisperBlocks)

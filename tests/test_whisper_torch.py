@@ -20,6 +20,7 @@ from qieemo_lobes.encoders import WhisperBlocks
 from qieemo_lobes.features import read_audio
 from qieemo_lobes.whisper_torch import (
     TorchWhisperBlocks,
+    WhisperBlockTuner,
     _converted_dir,
     _read_ct2,
     load_encoder_state,
@@ -113,6 +114,35 @@ def test_run_blocks_computes_the_same_lower_blocks_and_nan_above(clips):
     assert bool(part[2:].isnan().all()) and bool(ppg.isnan().all())
     with pytest.raises(ValueError, match="run_blocks"):
         TorchWhisperBlocks("whisper-tiny.en", run_blocks=5)
+
+
+def test_block_tuner_starts_as_the_encoder_and_trains_alone(clips):
+    """WhisperBlockTuner recomputes blocks 2-3 from block 1: at initialisation the encoder's
+    outputs on the valid frames of a padded batch of speech, the other blocks passed through;
+    gradients reach the tuner's copies, never the encoder."""
+    encoder = TorchWhisperBlocks("whisper-tiny.en", window="fit")
+    tuner = WhisperBlockTuner("whisper-tiny.en", first_block=2, n_blocks=2)
+    wavs, lens = _pad(clips)
+    blocks, _ = encoder(wavs, lens)
+    frames = torch.tensor([(len(w) // 160 + 1) // 2 for w in clips])  # the encoder's own
+    with torch.no_grad():
+        exact = tuner(blocks, frames / blocks.shape[2])
+    tuned = tuner(blocks.half(), frames / blocks.shape[2])  # the feature cache stores fp16
+    assert tuned.dtype == torch.float32 and tuned.shape == blocks.shape
+    for i, n in enumerate(frames):
+        assert torch.equal(exact[:, i, :n], blocks[:, i, :n])
+        assert torch.equal(tuned[[0, 3], i, :n], blocks[[0, 3], i, :n].half().float())
+        # fp16 input (outputs of magnitude up to ~7): measured max difference ~2e-3
+        assert (tuned[1:3, i, :n] - blocks[1:3, i, :n]).abs().max() < 1e-2
+    tuned[1:3].square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tuner.parameters())
+    assert not any(p.requires_grad for p in encoder.parameters())
+    off = WhisperBlockTuner("whisper-tiny.en", first_block=2, n_blocks=0)
+    assert off(blocks, lens) is blocks and not list(off.parameters())
+    with pytest.raises(ValueError, match="2..4"):
+        WhisperBlockTuner("whisper-tiny.en", first_block=1)
+    with pytest.raises(ValueError, match="2..4"):
+        WhisperBlockTuner("whisper-tiny.en", first_block=4, n_blocks=2)
 
 
 def test_identity_and_sizes_equal_whisper_blocks(alias, pairs):
