@@ -1,13 +1,15 @@
 """Accuracy side by side, on the same speaker-independent folds: qieemo against two baselines.
 
 Corpora: EmoDB (leave-one-speaker-out, 10 folds, 7 classes) and RAVDESS (6 folds of 4 actors,
-8 classes), from ``../shared/data``. Systems, all with frozen whisper-base (fit window) where an
+8 classes), from ``../shared/data``. Systems, all with whisper-base (fit window) where an
 encoder is used:
 
 - (a) qieemo: ``recipes/<corpus>/emotion/cross_validate.py hparams/qieemo_whisper.yaml`` (the
-  recipe's default head), the same with per-speaker feature normalisation (transductive: it uses
-  the test speaker's unlabelled utterances) and, on the corpora named by ``--ablations`` and
-  ``--ablations-no-mmf``, with CMA toggled and without MMF (the last block alone);
+  recipe's default: frozen encoder on EmoDB, encoder block 3 retrained on RAVDESS), the same with
+  per-speaker feature normalisation (transductive: it uses the test speaker's unlabelled
+  utterances) and, on the corpora named by ``--tune-toggled``, ``--ablations`` and
+  ``--ablations-no-mmf``, with the other encoder setting (frozen / block 3 retrained), with CMA
+  toggled and without MMF (the last block alone);
 - (b) probe: standardise + logistic regression (C=0.1) on the time-mean of one block, the block
   chosen per test fold by an inner cross-validation on the training folds (honest), and the same
   on per-speaker-normalised means;
@@ -40,12 +42,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import baselines  # noqa: E402
 
-from qieemo_lobes.manifests import write_text_atomic  # noqa: E402
+from qieemo_lobes.manifests import write_json_atomic, write_text_atomic  # noqa: E402
 
 CORPORA = {
     "emodb": ("EmoDB", "emodb"),
     "ravdess": ("RAVDESS", "ravdess"),
 }
+
+
+# The two encoder settings compared by --tune-toggled (each recipe YAML picks one).
+TUNED = ["--tune_blocks=1", "--number_of_epochs=8", "--encoder_lr=0.00003"]  # as RAVDESS
+FROZEN = ["--tune_blocks=0", "--number_of_epochs=15"]
 
 
 def run_qieemo(
@@ -112,6 +119,31 @@ def row(name: str, mean: dict, std: dict, wall: float | None, note: str = "") ->
     return f"| {name} | {cells} | {'' if wall is None else f'{wall:.0f}'} | {note} |"
 
 
+def probe_result(items: list[dict], y, folds, cache: Path, speaker_norm: bool, work: Path) -> dict:
+    """The probe baseline (b), computed once per work folder like the qieemo folds: kept in
+    ``work/probe[_spknorm].json`` and reused by later calls (it depends only on the cached
+    features)."""
+    path = work / ("probe_spknorm.json" if speaker_norm else "probe.json")
+    if path.is_file():
+        return json.loads(path.read_text())
+    start = time.time()
+    means = block_means(items, cache, speaker_norm)
+    probe = baselines.best_block_probe(means, y, folds, C=0.1, select="inner")
+    result = {
+        "mean": probe["result"]["mean"],
+        "std": probe["result"]["std"],
+        "chosen": sorted({int(b) + 1 for b in probe["best_block"]}),  # 1-based block ids
+        "n_blocks": int(means.shape[0]),
+        "per_block": ", ".join(
+            f"{k + 1}: {r['mean']['UA']:.1f}" for k, r in enumerate(probe["per_block"])
+        ),
+        "wall_time_s": time.time() - start,
+    }
+    work.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(result, path)
+    return result
+
+
 def from_baseline(result: dict) -> tuple[dict, dict]:
     mean, std = result["mean"], result["std"]
     return (
@@ -138,6 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         "--ablations",
         default="",
         help="comma-separated corpora on which qieemo also runs with CMA toggled",
+    )
+    parser.add_argument(
+        "--baselines-only", action="store_true", help="compute and print (b) and (c) only"
+    )
+    parser.add_argument(
+        "--tune-toggled",
+        default="",
+        help="comma-separated corpora on which qieemo also runs with the other encoder setting "
+        "than the recipe's: block 3 retrained (8 epochs) or frozen (15 epochs)",
     )
     parser.add_argument(
         "--ablations-no-mmf",
@@ -176,12 +217,18 @@ def main(argv: list[str] | None = None) -> int:
             )
         if corpus in args.ablations.split(","):
             runs.append(("qieemo_cma_toggled", None, "ablation"))
+        if corpus in args.tune_toggled.split(","):
+            runs.append(("qieemo_tune_toggled", None, "other encoder setting"))
         if corpus in args.ablations_no_mmf.split(","):
             runs.append(("qieemo_no_mmf", ["--use_mmf=False"], "ablation"))
+        if args.baselines_only:
+            runs = []
         default_hparams: dict = {}
         for name, overrides, note in runs:
-            if overrides is None:  # the other CMA setting than the recipe's default
+            if name == "qieemo_cma_toggled":  # the other CMA setting than the recipe's default
                 overrides = [f"--use_cma={not default_hparams.get('use_cma', True)}"]
+            elif name == "qieemo_tune_toggled":
+                overrides = FROZEN if int(default_hparams.get("tune_blocks", 0)) else TUNED
             marker = work / corpus / name / "started_with_empty_cache"
             if name == "qieemo" and not any(reader.entry(i["path"]).exists() for i in items):
                 marker.parent.mkdir(parents=True, exist_ok=True)
@@ -194,23 +241,17 @@ def main(argv: list[str] | None = None) -> int:
                 row(qieemo_name(summary["hparams"]), summary["mean"], summary["std"], wall, note)
             )
         for speaker_norm in (False, True):
-            start = time.time()
-            means = block_means(items, cache, speaker_norm)
-            probe = baselines.best_block_probe(means, y, folds, C=0.1, select="inner")
-            chosen = sorted({int(b) + 1 for b in probe["best_block"]})  # 1-based block ids
-            per_block = ", ".join(
-                f"{k + 1}: {r['mean']['UA']:.1f}" for k, r in enumerate(probe["per_block"])
-            )
+            probe = probe_result(items, y, folds, cache, speaker_norm, work / corpus)
             name = "(b) probe, best block by inner CV" + (
                 " + per-speaker normalisation" if speaker_norm else ""
             )
             table.append(
                 row(
                     name,
-                    *from_baseline(probe["result"]),
-                    time.time() - start,
-                    f"blocks chosen per fold: {chosen} ({means.shape[0]} = final output); "
-                    f"UA of each block's probe: {per_block}",
+                    *from_baseline(probe),
+                    probe["wall_time_s"],
+                    f"blocks chosen per fold: {probe['chosen']} ({probe['n_blocks']} = final "
+                    f"output); UA of each block's probe: {probe['per_block']}",
                 )
             )
         start = time.time()
