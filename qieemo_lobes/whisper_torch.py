@@ -12,7 +12,8 @@ from the converted ``model.safetensors`` (encoder tensors only). With it, the co
 :class:`TorchWhisperBlocks` gives WhisperBlocks' outputs (same front end, windows, masking:
 bit-identical on EmoDB speech with both aliases and both windows, tested to 1e-4 in
 ``tests/test_whisper_torch.py``) and the same ``identity``, so cached features and trained
-heads are interchangeable. It is inference only (frozen); train with ``WhisperBlocks``.
+heads are interchangeable. It is inference only (frozen); train with ``WhisperBlocks``, or
+retrain some upper blocks over the feature cache with :class:`WhisperBlockTuner` (below).
 
 Weights, for an offline alias (``"whisper-base"``, ``"whisper-tiny.en"``): the Hugging Face folder
 that :func:`~qieemo_lobes.ct2_whisper.resolve_source` converted once into the cache (read with
@@ -464,7 +465,7 @@ class WhisperBlockTuner(nn.Module):
     cache already holds for every utterance: this module recomputes blocks ``first_block`` ..
     ``last_block`` from it with trainable copies initialised from the pretrained weights, and
     returns every block with those replaced. Training it costs a few Transformer blocks per step,
-    not the encoder (on RAVDESS, one whisper-base block: about 1 minute an epoch on 2 CPU cores),
+    not the encoder (RAVDESS, one whisper-base block: about 40 s an epoch on 2 CPU cores),
     and the cache keeps working. Give it to :class:`~qieemo_lobes.qieemo.QieemoHead` as
     ``block_tuner`` so that its weights are saved (and exported) in ``head.ckpt``.
 
