@@ -462,8 +462,8 @@ class WhisperBlockTuner(nn.Module):
     """Trainable copies of the upper blocks of a frozen Whisper encoder, run on its cached outputs.
 
     Fine-tuning encoder block ``k`` needs only the output of block ``k - 1``, which the feature
-    cache already holds for every utterance: this module recomputes blocks ``first_block`` ..
-    ``last_block`` from it with trainable copies initialised from the pretrained weights, and
+    cache already holds for every utterance: this module recomputes ``n_blocks`` blocks from
+    ``first_block`` up with trainable copies initialised from the pretrained weights, and
     returns every block with those replaced. Training it costs a few Transformer blocks per step,
     not the encoder (RAVDESS, one whisper-base block: about 40 s an epoch on 2 CPU cores),
     and the cache keeps working. Give it to :class:`~qieemo_lobes.qieemo.QieemoHead` as
@@ -519,9 +519,9 @@ class WhisperBlockTuner(nn.Module):
             self.blocks.append(block)
 
     def forward(self, blocks: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """``blocks`` ``(n_blocks, B, T, D)`` (any float dtype) -> the same in float32, blocks
-        ``first_block`` .. ``first_block + n_blocks - 1`` recomputed; ``lengths`` relative, frames past an
-        utterance's end are never attended to (as in the encoder's ``fit`` window)."""
+        """``blocks`` ``(n_encoder_blocks, B, T, D)`` (any float dtype) -> the same in float32,
+        with the tuned blocks recomputed; ``lengths`` relative: frames past an utterance's end
+        are never attended to (as in the encoder's ``fit`` window)."""
         if self.n_blocks == 0:
             return blocks
         blocks = blocks.float()
