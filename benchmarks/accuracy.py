@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         runs = [("qieemo", [], "")]
         if corpus in args.speaker_norm.split(","):
-            runs.append(
-                ("qieemo_spknorm", ["--speaker_norm=True"], "transductive (test speakers' audio)")
-            )
+            runs.append(("qieemo_spknorm", None, "transductive (test speakers' audio)"))
         if corpus in args.ablations.split(","):
             runs.append(("qieemo_cma_toggled", None, "ablation"))
         if corpus in args.tune_toggled.split(","):
@@ -225,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
         default_hparams: dict = {}
         for name, overrides, note in runs:
-            if name == "qieemo_cma_toggled":  # the other CMA setting than the recipe's default
+            if name == "qieemo_spknorm":  # on the frozen encoder (the recipe refuses both)
+                tuned = int(default_hparams.get("tune_blocks", 0))
+                overrides = ["--speaker_norm=True", *(FROZEN if tuned else [])]
+            elif name == "qieemo_cma_toggled":  # the other CMA setting than the recipe's default
                 overrides = [f"--use_cma={not default_hparams.get('use_cma', True)}"]
             elif name == "qieemo_tune_toggled":
                 overrides = FROZEN if int(default_hparams.get("tune_blocks", 0)) else TUNED

@@ -294,6 +294,14 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
 
     modules = {"head": hparams["head"]}
     feature_paths = speaker_stats = None
+    tuner = getattr(hparams["head"], "block_tuner", None)
+    if hparams.get("speaker_norm", False) and getattr(tuner, "n_blocks", 0):
+        # The normalisation would standardise the cached block that the retrained encoder
+        # blocks read, far from the inputs their pretrained weights expect.
+        raise SystemExit(
+            f"error: {hparams_file}: speaker_norm standardises the cached block that the "
+            "retrained encoder blocks read; use it with --tune_blocks=0"
+        )
     if hparams["use_feature_cache"]:
         if not hparams["freeze_encoder"]:
             raise ValueError("use_feature_cache needs freeze_encoder: True")
@@ -307,7 +315,10 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
             )
     else:
         if hparams.get("speaker_norm", False):
-            raise ValueError("speaker_norm needs the feature cache (use_feature_cache: True)")
+            raise SystemExit(
+                f"error: {hparams_file}: speaker_norm needs the feature cache "
+                "(use_feature_cache: True)"
+            )
         modules["encoder"] = hparams["encoder"]
 
     datasets = dataio_prepare(hparams, feature_paths, speaker_stats)

@@ -184,6 +184,28 @@ def test_final_model_without_test_fold_exports_and_classifies(tmp_path, subset, 
     assert wav.name in classify.stdout
 
 
+def test_speaker_norm_with_retrained_blocks_is_refused_in_one_line(tmp_path, subset):
+    """Per-speaker normalisation would standardise the cached block the retrained encoder block
+    reads: the recipe refuses the combination before any training, in one line."""
+    command = [
+        sys.executable,
+        "train.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={tmp_path / 'run'}",
+        f"--feature_cache={tmp_path / 'cache'}",
+        *TINY_WHISPER,
+        "--speaker_norm=True",
+        "--tune_blocks=1",
+    ]
+    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "--tune_blocks=0" in last
+    assert not (tmp_path / "cache").exists()  # refused before any feature was computed
+
+
 def test_bad_data_folder_is_one_line(tmp_path):
     result = cross_validate(tmp_path / "missing", tmp_path / "out", tmp_path / "cache")
     assert result.returncode == 2
