@@ -30,7 +30,7 @@ from qieemo_lobes.ct2_whisper import (
     resolve_source,
 )
 
-__all__ = ["WhisperBlocks", "ConformerBlocks"]  # noqa: F822 (ConformerBlocks: lazy, below)
+__all__ = ["WhisperBlocks", "ConformerBlocks", "length_mask"]  # noqa: F822 (ConformerBlocks: lazy, below)
 
 
 def __getattr__(name: str):
@@ -281,3 +281,32 @@ def log_mel_batch(
 def _frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """``(B, max_len)`` boolean mask, True on each row's first ``lengths[i]`` frames."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Boolean mask of the valid frames, ``True`` where a frame belongs to the utterance.
+
+    The number of valid frames is ``round(length * max_len)`` (at least one), as in SpeechBrain's
+    ``StatisticsPooling``; rounding makes the mask immune to float error in relative lengths.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        Relative lengths, shape ``(batch,)``.
+    max_len : int
+        Number of frames of the padded batch.
+
+    Returns
+    -------
+    mask : torch.Tensor
+        Boolean tensor of shape ``(batch, max_len)``.
+
+    Example
+    -------
+    >>> length_mask(torch.tensor([1.0, 0.5, 0.01]), 4)
+    tensor([[ True,  True,  True,  True],
+            [ True,  True, False, False],
+            [ True, False, False, False]])
+    """
+    n_frames = torch.round(lengths.float() * max_len).long().clamp(1, max_len)
+    return _frame_mask(n_frames, max_len)

@@ -31,6 +31,8 @@ from speechbrain.nnet.attention import PositionalwiseFeedForward
 from torch import nn
 from torch.nn import functional as F
 
+from qieemo_lobes.encoders import length_mask
+
 __all__ = [
     "length_mask",
     "MultiBlockFusion",
@@ -38,35 +40,6 @@ __all__ = [
     "MeanPooling",
     "QieemoHead",
 ]
-
-
-def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Boolean mask of the valid frames, ``True`` where a frame belongs to the utterance.
-
-    The number of valid frames is ``round(length * max_len)`` (at least one), as in SpeechBrain's
-    ``StatisticsPooling``; rounding makes the mask immune to float error in relative lengths.
-
-    Arguments
-    ---------
-    lengths : torch.Tensor
-        Relative lengths, shape ``(batch,)``.
-    max_len : int
-        Number of frames of the padded batch.
-
-    Returns
-    -------
-    mask : torch.Tensor
-        Boolean tensor of shape ``(batch, max_len)``.
-
-    Example
-    -------
-    >>> length_mask(torch.tensor([1.0, 0.5, 0.01]), 4)
-    tensor([[ True,  True,  True,  True],
-            [ True,  True, False, False],
-            [ True, False, False, False]])
-    """
-    n_frames = torch.round(lengths.float() * max_len).long().clamp(1, max_len)
-    return torch.arange(max_len, device=lengths.device) < n_frames.unsqueeze(1)
 
 
 class MultiBlockFusion(nn.Module):
@@ -340,8 +313,9 @@ class QieemoHead(nn.Module):
     in eval (the frozen encoder's outputs do not drift, so that average is the training set's
     statistics). Whisper's features differ several-fold in scale and offset between dimensions;
     standardised, EmoDB leave-one-speaker-out UA rose by about 3 points (84.8 to 87.6, a fixed
-    training schedule in a scratch script outside the recipe, not a committed benchmark). Across corpora it did not help: training-set statistics
-    do not transfer to another corpus (see the default model's card).
+    training schedule in a scratch script outside the recipe, not a committed benchmark). Across
+    corpora it did not help: training-set statistics do not transfer to another corpus (see the
+    default model's card).
 
     Ablations: ``use_mmf=False`` replaces MMF by the last encoder block alone, projected to
     ``d_model`` (LayerNorm, non-linearity, linear); ``use_cma=False`` pools the emotion features

@@ -304,7 +304,7 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
         )
     if hparams["use_feature_cache"]:
         if not hparams["freeze_encoder"]:
-            raise ValueError("use_feature_cache needs freeze_encoder: True")
+            raise SystemExit(f"error: {hparams_file}: use_feature_cache needs freeze_encoder: True")
         cache = FeatureCache(hparams["encoder"], hparams["feature_cache"])
         records = _read_manifests(hparams)
         run_on_main(cache.precompute, kwargs={"utterances": records})

@@ -54,6 +54,7 @@ from qieemo_lobes.encoders import (
     WhisperBlocks,
     _frame_mask,
     encode_in_windows,
+    length_mask,
     log_mel_batch,
 )
 
@@ -525,10 +526,7 @@ class WhisperBlockTuner(nn.Module):
         if self.n_blocks == 0:
             return blocks
         blocks = blocks.float()
-        mask = None
-        if lengths is not None:
-            frames = torch.round(lengths.float() * blocks.shape[2]).long().clamp(min=1)
-            mask = _frame_mask(frames, blocks.shape[2])[:, None, None, :]
+        mask = None if lengths is None else length_mask(lengths, blocks.shape[2])[:, None, None, :]
         x = blocks[self.first_block - 2]
         tuned = []
         for block in self.blocks:
