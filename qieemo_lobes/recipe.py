@@ -264,7 +264,10 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+        try:
+            hparams = load_hyperpyyaml(fin, overrides)
+        except ValueError as err:  # a module refused its settings (e.g. blocks out of range)
+            raise SystemExit(f"error: {hparams_file}: {err}") from None
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

@@ -206,6 +206,25 @@ def test_speaker_norm_with_retrained_blocks_is_refused_in_one_line(tmp_path, sub
     assert not (tmp_path / "cache").exists()  # refused before any feature was computed
 
 
+def test_module_settings_out_of_range_are_one_line(tmp_path, subset):
+    """A lobe that refuses its YAML settings (here a retrained block beyond the encoder's) stops
+    the recipe with one line naming the hparams file, not a traceback."""
+    command = [
+        sys.executable,
+        "train.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={tmp_path / 'run'}",
+        "--tune_blocks=1",
+        "--tune_first_block=7",
+    ]
+    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: hparams/qieemo_whisper.yaml: ") and "7..7" in last
+
+
 def test_bad_data_folder_is_one_line(tmp_path):
     result = cross_validate(tmp_path / "missing", tmp_path / "out", tmp_path / "cache")
     assert result.returncode == 2
