@@ -106,6 +106,9 @@ def qieemo_name(hparams: dict) -> str:
     parts.append("CMA" if hparams["use_cma"] else "no CMA")
     if hparams.get("speaker_norm"):
         parts.append("per-speaker normalisation")
+    speeds = hparams.get("speed_perturb") or [100]
+    if list(speeds) != [100]:
+        parts.append(f"speed perturbation {'/'.join(str(s) for s in speeds)} %")
     tuned = int(hparams.get("tune_blocks", 0))
     if tuned:
         first = int(hparams["tune_first_block"])

@@ -10,6 +10,11 @@ so a changed file, other weights or another window can never pick up a stale ent
 written to a temporary name and renamed, so an interrupted run leaves no half-written entry and
 simply resumes where it stopped.
 
+Speed-perturbed copies (SpeechBrain's ``SpeedPerturb``: resampling, so tempo and pitch change
+together, as from another voice) are cached beside the original under ``speed`` (percent): a
+recipe encodes each training clip once per speed and reads one of them at random each epoch,
+which augments training without running the encoder per epoch.
+
 Example
 -------
 >>> import torch, tempfile
@@ -26,6 +31,8 @@ Example
 >>> blocks, ppg = cache.load(f"{folder}/a.wav")
 >>> blocks.shape, ppg.shape, blocks.dtype
 (torch.Size([2, 50, 4]), torch.Size([50, 1]), torch.float16)
+>>> cache.load(f"{folder}/a.wav", speed=90)[0].shape  # played at 90 %: 1.11 s
+torch.Size([2, 55, 4])
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from pathlib import Path
 import soundfile
 import torch
 import torchaudio
+from speechbrain.augment.time_domain import SpeedPerturb
 from tqdm import tqdm
 
 SAMPLE_RATE = 16000
@@ -86,16 +94,21 @@ class FeatureCache:
         self.folder = Path(folder) / encoder.identity
         self.dtype = dtype
 
-    def entry(self, wav: str, start: float | None = None, stop: float | None = None) -> Path:
-        """Where the features of this audio (segment) are stored."""
+    def entry(
+        self, wav: str, start: float | None = None, stop: float | None = None, speed: int = 100
+    ) -> Path:
+        """Where the features of this audio (segment), played at ``speed`` percent, are stored."""
         key = file_digest(wav, start, stop)
-        return self.folder / key[:2] / f"{key}.pt"
+        suffix = "" if speed == 100 else f"_speed{speed}"
+        return self.folder / key[:2] / f"{key}{suffix}.pt"
 
-    def load(self, wav: str, start: float | None = None, stop: float | None = None):
+    def load(
+        self, wav: str, start: float | None = None, stop: float | None = None, speed: int = 100
+    ):
         """``(blocks (n_blocks, T, D), ppg (T, P))`` of one utterance; computed if missing."""
-        path = self.entry(wav, start, stop)
+        path = self.entry(wav, start, stop, speed)
         if not path.exists():
-            self._compute([(path, wav, start, stop)])
+            self._compute([(path, wav, start, stop)], speed)
         stored = torch.load(path, map_location="cpu")
         return stored["blocks"], stored["ppg"]
 
@@ -104,22 +117,23 @@ class FeatureCache:
         utterances: dict[str, dict],
         batch_seconds: float = 60.0,
         progress: bool = True,
+        speed: int = 100,
     ) -> dict[str, Path]:
         """Compute every missing entry; returns ``{utterance_id: entry path}``.
 
         ``utterances`` maps ids to manifest records with ``wav`` (and optional ``start`` and
         ``stop`` seconds). Missing entries are encoded in batches of similar length, up to about
         ``batch_seconds`` of audio each. Already cached entries are skipped, so an interrupted
-        run resumes.
+        run resumes. ``speed`` (percent, 100: unchanged) encodes speed-perturbed copies.
         """
         todo, paths = [], {}
         for utt_id, record in utterances.items():
             start, stop = record.get("start"), record.get("stop")
-            path = self.entry(record["wav"], start, stop)
+            path = self.entry(record["wav"], start, stop, speed)
             paths[utt_id] = path
             if not path.exists():
                 duration = record.get("duration") or soundfile.info(record["wav"]).duration
-                todo.append((duration, path, record["wav"], start, stop))
+                todo.append((duration * 100 / speed, path, record["wav"], start, stop))
         todo.sort(key=lambda item: item[0])
         batches, current, seconds = [], [], 0.0
         for duration, *item in todo:
@@ -130,16 +144,20 @@ class FeatureCache:
             seconds += duration
         if current:
             batches.append(current)
-        bar = tqdm(total=len(todo), desc=f"features {self.encoder.identity}", disable=not progress)
+        desc = f"features {self.encoder.identity}" + ("" if speed == 100 else f" speed {speed}%")
+        bar = tqdm(total=len(todo), desc=desc, disable=not progress)
         for batch in batches:
-            self._compute(batch)
+            self._compute(batch, speed)
             bar.update(len(batch))
         bar.close()
         return paths
 
     @torch.no_grad()
-    def _compute(self, batch: list[tuple]) -> None:
+    def _compute(self, batch: list[tuple], speed: int = 100) -> None:
         wavs = [read_audio(wav, start, stop) for _, wav, start, stop in batch]
+        if speed != 100:
+            perturb = SpeedPerturb(orig_freq=SAMPLE_RATE, speeds=[speed])
+            wavs = [perturb(wav[None])[0] for wav in wavs]
         lengths = torch.tensor([len(w) for w in wavs])
         padded = torch.zeros(len(wavs), int(lengths.max()))
         for i, wav in enumerate(wavs):

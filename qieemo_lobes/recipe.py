@@ -8,6 +8,9 @@ file. One fold is trained per call::
 
 - Frozen encoder (default): its outputs come from the feature cache (``qieemo_lobes.features``)
   through the data pipeline, so the encoder runs once per utterance, not once per epoch.
+- ``speed_perturb`` (percent, e.g. ``[90, 100, 110]``): training clips are speed-perturbed
+  (SpeechBrain's ``SpeedPerturb``). With the cache every speed is encoded once and each epoch
+  reads one at random; with a live encoder each training batch is perturbed on the fly.
 - ``--freeze_encoder=False`` (optionally ``--unfreeze_top=N``) trains the encoder too, with its
   own optimiser and learning rate (for GPU users).
 - The best checkpoint by validation UA is tested. ``OUT/test_metrics.json`` holds WA, UA, WF1,
@@ -35,6 +38,7 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+from speechbrain.augment.time_domain import SpeedPerturb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
@@ -68,6 +72,14 @@ def classification_metrics(true: list[str], predicted: list[str], classes: list[
     }
 
 
+def _speeds(hparams: dict) -> list[int]:
+    """The training speeds in percent (``speed_perturb``; ``[100]``: no perturbation)."""
+    speeds = [int(s) for s in hparams.get("speed_perturb") or [100]]
+    if any(not 50 <= s <= 200 for s in speeds):
+        raise ValueError(f"speed_perturb takes percentages between 50 and 200, not {speeds}")
+    return speeds
+
+
 class EmotionBrain(sb.Brain):
     """Encoder (or cached encoder outputs) -> Qieemo head -> log-probabilities over emotions."""
 
@@ -81,6 +93,9 @@ class EmotionBrain(sb.Brain):
             wavs, lens = batch.sig
             if stage == sb.Stage.TRAIN and hasattr(self.hparams, "augment"):
                 wavs, lens = self.hparams.augment(wavs, lens)
+            if stage == sb.Stage.TRAIN and self.speed_perturb is not None:
+                # One speed per batch: every clip scales alike, relative lengths are unchanged.
+                wavs = self.speed_perturb(wavs)
             blocks, ppg = self.modules.encoder(wavs, lens)
         logits = self.modules.head(blocks, ppg, lens)
         return self.hparams.log_softmax(logits)
@@ -92,6 +107,11 @@ class EmotionBrain(sb.Brain):
         if stage != sb.Stage.TRAIN:
             self.outputs.append((batch.id, predictions.exp().detach().cpu(), labels.cpu()))
         return loss
+
+    def on_fit_start(self):
+        super().on_fit_start()
+        speeds = _speeds(vars(self.hparams))  # the live encoder's; the cache has its own copies
+        self.speed_perturb = None if speeds == [100] else SpeedPerturb(16000, speeds=speeds)
 
     def on_stage_start(self, stage, epoch=None):
         self.outputs = []
@@ -163,13 +183,19 @@ class EmotionBrain(sb.Brain):
 
 
 def dataio_prepare(
-    hparams: dict, feature_paths: dict | None, speaker_stats: dict | None = None
+    hparams: dict,
+    feature_paths: dict | None,
+    speaker_stats: dict | None = None,
+    train_variants: dict | None = None,
 ) -> dict:
     """DynamicItemDatasets for train/valid/test, sorted by duration for evaluation.
 
     With ``feature_paths`` (``{utterance id: cache entry}``) the pipeline yields the cached
     ``blocks`` (time-first) and ``ppg``, standardised per speaker when ``speaker_stats`` is
-    given; otherwise the waveform ``sig``.
+    given; otherwise the waveform ``sig``. ``train_variants`` (``{utterance id: [(voice, cache
+    entry)]}``, e.g. speed-perturbed copies) makes the training set read one of an utterance's
+    entries at random each time it is drawn; ``voice`` is appended to the speaker id to find its
+    statistics (``""`` for the original, ``"@90"`` for the copy played at 90 %).
     """
     label_encoder = hparams["label_encoder"]
 
@@ -179,19 +205,25 @@ def dataio_prepare(
         yield emo
         yield label_encoder.encode_label_torch(emo)
 
-    if feature_paths is not None:
-
+    def feature_pipeline(variants: dict | None):
         @sb.utils.data_pipeline.takes("id", "spk_id")
         @sb.utils.data_pipeline.provides("blocks", "ppg")
-        def feature_pipeline(utt_id, speaker):
-            stored = torch.load(feature_paths[utt_id], map_location="cpu")
+        def read_features(utt_id, speaker):
+            voice, path = "", feature_paths[utt_id]
+            if variants is not None and utt_id in variants:
+                choices = variants[utt_id]
+                voice, path = choices[int(torch.randint(len(choices), ()))]
+            stored = torch.load(path, map_location="cpu")
             blocks, ppg = stored["blocks"], stored["ppg"]
             if speaker_stats is not None:
-                blocks, ppg = normalize_speaker(blocks, ppg, speaker_stats[speaker])
+                blocks, ppg = normalize_speaker(blocks, ppg, speaker_stats[speaker + voice])
             yield blocks.transpose(0, 1)  # (T, n_blocks, D): padded along time
             yield ppg
 
-        items, keys = [feature_pipeline, label_pipeline], ["id", "blocks", "ppg", "emo_encoded"]
+        return read_features
+
+    if feature_paths is not None:
+        keys = ["id", "blocks", "ppg", "emo_encoded"]
     else:
 
         @sb.utils.data_pipeline.takes("wav", "start", "stop")
@@ -203,16 +235,17 @@ def dataio_prepare(
 
     datasets = {}
     for split in ("train", "valid", "test"):
-        with open(hparams[f"{split}_annotation"]) as fh:
-            if split == "test" and not json.load(fh):  # --test_fold=none: nothing to test
-                datasets[split] = []
-                continue
-        dataset = sb.dataio.dataset.DynamicItemDataset.from_json(
-            json_path=hparams[f"{split}_annotation"], dynamic_items=items, output_keys=keys
-        )
-        for record in dataset.data.values():  # optional fields of the manifest
-            record.setdefault("start", None)
+        data = sb.dataio.dataio.load_data_json(hparams[f"{split}_annotation"])
+        if split == "test" and not data:  # --test_fold=none: nothing to test
+            datasets[split] = []
+            continue
+        for record in data.values():  # optional fields of the manifest, before the pipeline
+            record.setdefault("start", None)  # takes its static keys from the records
             record.setdefault("stop", None)
+        if feature_paths is not None:
+            items = [feature_pipeline(train_variants if split == "train" else None)]
+            items.append(label_pipeline)
+        dataset = sb.dataio.dataset.DynamicItemDataset(data, dynamic_items=items, output_keys=keys)
         if split != "train":
             dataset = dataset.filtered_sorted(sort_key="duration")
         elif hparams["sorting"] in ("ascending", "descending"):
@@ -266,7 +299,8 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
     with open(hparams_file) as fin:
         try:
             hparams = load_hyperpyyaml(fin, overrides)
-        except ValueError as err:  # a module refused its settings (e.g. blocks out of range)
+            speeds = _speeds(hparams)
+        except ValueError as err:  # a setting refused (e.g. blocks out of range)
             raise SystemExit(f"error: {hparams_file}: {err}") from None
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
@@ -296,7 +330,7 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
         hparams["pretrainer"].load_collected()
 
     modules = {"head": hparams["head"]}
-    feature_paths = speaker_stats = None
+    feature_paths = speaker_stats = train_variants = None
     tuner = getattr(hparams["head"], "block_tuner", None)
     if hparams.get("speaker_norm", False) and getattr(tuner, "n_blocks", 0):
         # The normalisation would standardise the cached block that the retrained encoder
@@ -312,10 +346,26 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
         records = _read_manifests(hparams)
         run_on_main(cache.precompute, kwargs={"utterances": records})
         feature_paths = cache.precompute(records, progress=False)  # all cached now: paths only
+        if speeds != [100]:
+            with open(hparams["train_annotation"]) as fh:
+                train = {utt: records[utt] for utt in json.load(fh)}
+            train_variants = {utt: [] for utt in train}
+            for speed in speeds:
+                kwargs = {"utterances": train, "speed": speed}
+                run_on_main(cache.precompute, kwargs=kwargs)
+                voice = "" if speed == 100 else f"@{speed}"
+                for utt, path in cache.precompute(**kwargs, progress=False).items():
+                    train_variants[utt].append((voice, path))
         if hparams.get("speaker_norm", False):
-            speaker_stats = speaker_statistics(
-                feature_paths, {utt: record["spk_id"] for utt, record in records.items()}
-            )
+            # A speed-perturbed copy sounds like another voice: standardised with the
+            # statistics of the same speaker's copies at that speed.
+            entries = dict(feature_paths)
+            speaker_of = {utt: record["spk_id"] for utt, record in records.items()}
+            for utt, variants in (train_variants or {}).items():
+                for voice, path in variants:
+                    entries[utt + voice] = path
+                    speaker_of[utt + voice] = speaker_of[utt] + voice
+            speaker_stats = speaker_statistics(entries, speaker_of)
     else:
         if hparams.get("speaker_norm", False):
             raise SystemExit(
@@ -323,8 +373,10 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
                 "(use_feature_cache: True)"
             )
         modules["encoder"] = hparams["encoder"]
+        if not hparams["freeze_encoder"]:  # fine-tuned weights: saved with the head, resumed
+            hparams["checkpointer"].add_recoverable("encoder", hparams["encoder"])
 
-    datasets = dataio_prepare(hparams, feature_paths, speaker_stats)
+    datasets = dataio_prepare(hparams, feature_paths, speaker_stats, train_variants)
     brain = EmotionBrain(
         modules=modules,
         opt_class=hparams["opt_class"],

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO_ROOT, TINY_WHISPER
 
@@ -297,3 +298,87 @@ def test_two_process_ddp_equals_one_process(tmp_path, subset, feature_cache):
     same = sum(first[u] == second[u] for u in first) / len(first)
     assert same >= 0.95, (same, one["wa"], two["wa"])
     assert abs(one["wa"] - two["wa"]) <= 2.0
+
+
+def test_speed_perturbed_copies_are_cached_for_training_clips_only(tmp_path, subset):
+    """--speed_perturb encodes every training clip once per speed (the clip played at 90 % has
+    1/0.9 as many frames), and validation and test clips only as they are; per-speaker
+    normalisation runs with it (each speed's copies standardised as a voice of their own)."""
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    command = [
+        sys.executable,
+        "train.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={run}",
+        f"--feature_cache={cache}",
+        "--test_fold=1",
+        *(arg for arg in TINY if not arg.startswith("--number_of_epochs")),
+        "--number_of_epochs=2",
+        "--speed_perturb=[90,100,110]",
+        "--speaker_norm=True",
+    ]
+    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["fold"] == "03" and "ua" in metrics
+    entries = list(cache.rglob("*.pt"))
+    plain = [e for e in entries if "_speed" not in e.name]
+    assert len(plain) == len(list(subset.glob("*.wav")))
+    for speed in (90, 110):
+        copies = [e for e in entries if e.name.endswith(f"_speed{speed}.pt")]
+        assert len(copies) == metrics["n_train"]
+        for copy in copies[:5]:
+            original = copy.with_name(copy.name.replace(f"_speed{speed}", ""))
+            ratio = torch.load(copy)["blocks"].shape[1] / torch.load(original)["blocks"].shape[1]
+            assert ratio == pytest.approx(100 / speed, abs=0.03)
+
+
+def test_speed_perturb_out_of_range_is_one_line(tmp_path, subset):
+    command = [
+        sys.executable,
+        "train.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={tmp_path / 'run'}",
+        f"--feature_cache={tmp_path / 'cache'}",
+        "--speed_perturb=[9,100]",
+    ]
+    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: hparams/qieemo_whisper.yaml: speed_perturb")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fine_tuning_the_top_block_with_a_live_encoder(tmp_path, subset):
+    """--freeze_encoder=False --use_feature_cache=False --unfreeze_top=1 (the GPU path, here on
+    CPU, with speed-perturbed batches): only the top encoder block (and the final layer norm)
+    changes, and the checkpoint carries the fine-tuned encoder beside the head."""
+    from qieemo_lobes.encoders import WhisperBlocks
+
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "train.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={run}",
+        "--test_fold=1",
+        *(arg for arg in TINY if not arg.startswith("--number_of_epochs")),
+        "--number_of_epochs=1",
+        "--freeze_encoder=False",
+        "--use_feature_cache=False",
+        "--unfreeze_top=1",
+        "--encoder_lr=0.001",
+        "--speed_perturb=[90,110]",
+    ]
+    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ua" in json.loads((run / "test_metrics.json").read_text())
+    (saved,) = (run / "save").glob("CKPT+*/encoder.ckpt")
+    tuned = torch.load(saved, map_location="cpu")
+    pretrained = WhisperBlocks("whisper-tiny.en", window="fit").state_dict()
+    changed = {k for k, v in tuned.items() if not torch.equal(v, pretrained[k])}
+    assert changed and all(".layers.3." in k or "encoder.layer_norm" in k for k in changed)
