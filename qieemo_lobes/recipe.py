@@ -43,6 +43,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
 from qieemo_lobes.features import (
+    SAMPLE_RATE,
     FeatureCache,
     normalize_speaker,
     read_audio,
@@ -111,7 +112,7 @@ class EmotionBrain(sb.Brain):
     def on_fit_start(self):
         super().on_fit_start()
         speeds = _speeds(vars(self.hparams))  # the live encoder's; the cache has its own copies
-        self.speed_perturb = None if speeds == [100] else SpeedPerturb(16000, speeds=speeds)
+        self.speed_perturb = None if speeds == [100] else SpeedPerturb(SAMPLE_RATE, speeds=speeds)
 
     def on_stage_start(self, stage, epoch=None):
         self.outputs = []
