@@ -5,7 +5,8 @@ Corpora: EmoDB (leave-one-speaker-out, 10 folds, 7 classes) and RAVDESS (6 folds
 encoder is used:
 
 - (a) qieemo: ``recipes/<corpus>/emotion/cross_validate.py hparams/qieemo_whisper.yaml`` (the
-  recipe's default: frozen encoder on EmoDB, encoder block 3 retrained on RAVDESS), the same with
+  recipe's default: speed-perturbed training copies on both, frozen encoder on EmoDB, encoder
+  block 3 retrained on RAVDESS), the same with
   per-speaker feature normalisation (transductive: it uses the test speaker's unlabelled
   utterances) and, on the corpora named by ``--tune-toggled``, ``--ablations`` and
   ``--ablations-no-mmf``, with the other encoder setting (frozen / block 3 retrained), with CMA
