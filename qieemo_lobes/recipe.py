@@ -75,7 +75,12 @@ def classification_metrics(true: list[str], predicted: list[str], classes: list[
 
 def _speeds(hparams: dict) -> list[int]:
     """The training speeds in percent (``speed_perturb``; ``[100]``: no perturbation)."""
-    speeds = [int(s) for s in hparams.get("speed_perturb") or [100]]
+    speeds = hparams.get("speed_perturb") or [100]
+    if not isinstance(speeds, (list, tuple)):
+        raise ValueError(
+            f"speed_perturb takes a list of percentages, e.g. [90, 100, 110], not {speeds!r}"
+        )
+    speeds = [int(s) for s in speeds]
     if any(not 50 <= s <= 200 for s in speeds):
         raise ValueError(f"speed_perturb takes percentages between 50 and 200, not {speeds}")
     return speeds
@@ -352,11 +357,14 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
                 train = {utt: records[utt] for utt in json.load(fh)}
             train_variants = {utt: [] for utt in train}
             for speed in speeds:
+                if speed == 100:  # the original, cached above
+                    for utt in train:
+                        train_variants[utt].append(("", feature_paths[utt]))
+                    continue
                 kwargs = {"utterances": train, "speed": speed}
                 run_on_main(cache.precompute, kwargs=kwargs)
-                voice = "" if speed == 100 else f"@{speed}"
                 for utt, path in cache.precompute(**kwargs, progress=False).items():
-                    train_variants[utt].append((voice, path))
+                    train_variants[utt].append((f"@{speed}", path))
         if hparams.get("speaker_norm", False):
             # A speed-perturbed copy sounds like another voice: standardised with the
             # statistics of the same speaker's copies at that speed.

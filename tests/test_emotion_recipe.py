@@ -58,6 +58,27 @@ def cross_validate(
     return subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=1200)
 
 
+def train_fold(subset: Path, out: Path, *extra: str, timeout: int = 900):
+    """``train.py`` on ``subset`` into ``out`` (one fold, or ``--test_fold=none``)."""
+    command = [
+        sys.executable,
+        "train.py",
+        "hparams/qieemo_whisper.yaml",
+        f"--data_folder={subset}",
+        f"--output_folder={out}",
+        *extra,
+    ]
+    return subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny(epochs: int) -> list[str]:
+    """TINY with another number of epochs."""
+    return [
+        *(a for a in TINY if not a.startswith("--number_of_epochs")),
+        f"--number_of_epochs={epochs}",
+    ]
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, subset, feature_cache):
     out = tmp_path_factory.mktemp("cv")
@@ -149,18 +170,9 @@ def test_ablations_and_a_single_fold(tmp_path, subset, feature_cache):
 def test_final_model_without_test_fold_exports_and_classifies(tmp_path, subset, feature_cache):
     """--test_fold=none trains on every fold (a final model); the run exports and classifies."""
     run = tmp_path / "final"
-    command = [
-        sys.executable,
-        "train.py",
-        "hparams/qieemo_whisper.yaml",
-        f"--data_folder={subset}",
-        f"--output_folder={run}",
-        f"--feature_cache={feature_cache}",
-        "--test_fold=none",
-        *(arg for arg in TINY if not arg.startswith("--number_of_epochs")),
-        "--number_of_epochs=2",
-    ]
-    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=900)
+    result = train_fold(
+        subset, run, f"--feature_cache={feature_cache}", "--test_fold=none", *tiny(2)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["n_test"] == 0 and "ua" not in metrics
@@ -188,18 +200,15 @@ def test_final_model_without_test_fold_exports_and_classifies(tmp_path, subset, 
 def test_speaker_norm_with_retrained_blocks_is_refused_in_one_line(tmp_path, subset):
     """Per-speaker normalisation would standardise the cached block the retrained encoder block
     reads: the recipe refuses the combination before any training, in one line."""
-    command = [
-        sys.executable,
-        "train.py",
-        "hparams/qieemo_whisper.yaml",
-        f"--data_folder={subset}",
-        f"--output_folder={tmp_path / 'run'}",
+    result = train_fold(
+        subset,
+        tmp_path / "run",
         f"--feature_cache={tmp_path / 'cache'}",
         *TINY_WHISPER,
         "--speaker_norm=True",
         "--tune_blocks=1",
-    ]
-    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=300)
+        timeout=300,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -210,16 +219,9 @@ def test_speaker_norm_with_retrained_blocks_is_refused_in_one_line(tmp_path, sub
 def test_module_settings_out_of_range_are_one_line(tmp_path, subset):
     """A lobe that refuses its YAML settings (here a retrained block beyond the encoder's) stops
     the recipe with one line naming the hparams file, not a traceback."""
-    command = [
-        sys.executable,
-        "train.py",
-        "hparams/qieemo_whisper.yaml",
-        f"--data_folder={subset}",
-        f"--output_folder={tmp_path / 'run'}",
-        "--tune_blocks=1",
-        "--tune_first_block=7",
-    ]
-    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=300)
+    result = train_fold(
+        subset, tmp_path / "run", "--tune_blocks=1", "--tune_first_block=7", timeout=300
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -305,20 +307,15 @@ def test_speed_perturbed_copies_are_cached_for_training_clips_only(tmp_path, sub
     1/0.9 as many frames), and validation and test clips only as they are; per-speaker
     normalisation runs with it (each speed's copies standardised as a voice of their own)."""
     cache, run = tmp_path / "cache", tmp_path / "run"
-    command = [
-        sys.executable,
-        "train.py",
-        "hparams/qieemo_whisper.yaml",
-        f"--data_folder={subset}",
-        f"--output_folder={run}",
+    result = train_fold(
+        subset,
+        run,
         f"--feature_cache={cache}",
         "--test_fold=1",
-        *(arg for arg in TINY if not arg.startswith("--number_of_epochs")),
-        "--number_of_epochs=2",
+        *tiny(2),
         "--speed_perturb=[90,100,110]",
         "--speaker_norm=True",
-    ]
-    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=900)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["fold"] == "03" and "ua" in metrics
@@ -335,21 +332,20 @@ def test_speed_perturbed_copies_are_cached_for_training_clips_only(tmp_path, sub
 
 
 def test_speed_perturb_out_of_range_is_one_line(tmp_path, subset):
-    command = [
-        sys.executable,
-        "train.py",
-        "hparams/qieemo_whisper.yaml",
-        f"--data_folder={subset}",
-        f"--output_folder={tmp_path / 'run'}",
-        f"--feature_cache={tmp_path / 'cache'}",
-        "--speed_perturb=[9,100]",
-    ]
-    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: hparams/qieemo_whisper.yaml: speed_perturb")
-    assert not (tmp_path / "cache").exists()
+    for value in ("[9,100]", "90"):  # out of range; not a list
+        cache = tmp_path / value / "cache"
+        result = train_fold(
+            subset,
+            tmp_path / value / "run",
+            f"--feature_cache={cache}",
+            f"--speed_perturb={value}",
+            timeout=300,
+        )
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: hparams/qieemo_whisper.yaml: speed_perturb")
+        assert not cache.exists()
 
 
 def test_fine_tuning_the_top_block_with_a_live_encoder(tmp_path, subset):
@@ -359,22 +355,17 @@ def test_fine_tuning_the_top_block_with_a_live_encoder(tmp_path, subset):
     from qieemo_lobes.encoders import WhisperBlocks
 
     run = tmp_path / "run"
-    command = [
-        sys.executable,
-        "train.py",
-        "hparams/qieemo_whisper.yaml",
-        f"--data_folder={subset}",
-        f"--output_folder={run}",
+    result = train_fold(
+        subset,
+        run,
         "--test_fold=1",
-        *(arg for arg in TINY if not arg.startswith("--number_of_epochs")),
-        "--number_of_epochs=1",
+        *tiny(1),
         "--freeze_encoder=False",
         "--use_feature_cache=False",
         "--unfreeze_top=1",
         "--encoder_lr=0.001",
         "--speed_perturb=[90,110]",
-    ]
-    result = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True, timeout=900)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ua" in json.loads((run / "test_metrics.json").read_text())
     (saved,) = (run / "save").glob("CKPT+*/encoder.ckpt")
