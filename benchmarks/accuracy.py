@@ -1,8 +1,8 @@
 """Accuracy side by side, on the same speaker-independent folds: qieemo against two baselines.
 
 Corpora: EmoDB (leave-one-speaker-out, 10 folds, 7 classes) and RAVDESS (6 folds of 4 actors,
-8 classes), from ``../shared/data``. Systems, all with whisper-base (fit window) where an
-encoder is used:
+8 classes), from ``../shared/data``. Systems, all with whisper-base (fit window; on the corpora
+named by ``--window-toggled`` also with Whisper's 30-second window) where an encoder is used:
 
 - (a) qieemo: ``recipes/<corpus>/emotion/cross_validate.py hparams/qieemo_whisper.yaml`` (the
   recipe's default: speed-perturbed training copies on both, frozen encoder on EmoDB, encoder
@@ -10,10 +10,11 @@ encoder is used:
   per-speaker feature normalisation (transductive: it uses the test speaker's unlabelled
   utterances) and, on the corpora named by ``--tune-toggled``, ``--ablations`` and
   ``--ablations-no-mmf``, with the other encoder setting (frozen / block 3 retrained), with CMA
-  toggled and without MMF (the last block alone);
+  toggled and without MMF (the last block alone), and with the 30-second window (frozen, no speed
+  copies);
 - (b) probe: standardise + logistic regression (C=0.1) on the time-mean of one block, the block
   chosen per test fold by an inner cross-validation on the training folds (honest), and the same
-  on per-speaker-normalised means;
+  on per-speaker-normalised means, and on the 30-second window's means;
 - (c) openSMILE ComParE_2016 functionals + linear SVM (C chosen by inner cross-validation).
 
     python benchmarks/accuracy.py --fresh-cache
@@ -54,6 +55,10 @@ CORPORA = {
 # The two encoder settings compared by --tune-toggled (each recipe YAML picks one).
 TUNED = ["--tune_blocks=1", "--number_of_epochs=8", "--encoder_lr=0.00003"]  # as RAVDESS
 FROZEN = ["--tune_blocks=0", "--number_of_epochs=15"]
+# --window-toggled: Whisper's 30-second window instead of the fit window, frozen encoder (the
+# retrained blocks recompute from the clip's frames only, refused with this window) and no speed
+# copies (the 30 s window costs about 15x the fit window per clip; copies would triple it).
+WINDOW_30S = ["--window=30s", *FROZEN, "--speed_perturb=[100]"]
 
 
 def run_qieemo(
@@ -78,12 +83,15 @@ def run_qieemo(
     return summary, summary["wall_time_s"]
 
 
-def block_means(items: list[dict], cache: Path, speaker_norm: bool) -> np.ndarray:
-    """``(n_blocks + 1, N, D)``: time-mean of every block and of the PPG, from the feature cache."""
+def block_means(
+    items: list[dict], cache: Path, speaker_norm: bool, window: str = "fit"
+) -> np.ndarray:
+    """``(n_blocks + 1, N, D)``: time-mean of every block and of the PPG, from the feature cache
+    of whisper-base with the given window."""
     from qieemo_lobes.encoders import WhisperBlocks
     from qieemo_lobes.features import FeatureCache, normalize_speaker, speaker_statistics
 
-    identity = WhisperBlocks.identity_for("whisper-base", "fit")
+    identity = WhisperBlocks.identity_for("whisper-base", window)
     reader = FeatureCache(SimpleNamespace(identity=identity), cache)
     entries = {str(i): reader.entry(item["path"]) for i, item in enumerate(items)}
     stats = None
@@ -110,12 +118,13 @@ def qieemo_name(hparams: dict) -> str:
     speeds = hparams.get("speed_perturb") or [100]
     if list(speeds) != [100]:
         parts.append(f"speed perturbation {'/'.join(str(s) for s in speeds)} %")
+    encoder = "whisper-base" + ("" if hparams.get("window", "fit") == "fit" else " (30 s window)")
     tuned = int(hparams.get("tune_blocks", 0))
     if tuned:
         first = int(hparams["tune_first_block"])
         ids = ", ".join(str(b) for b in range(first, first + tuned))
-        return f"(a) qieemo, whisper-base, block {ids} retrained: {', '.join(parts)}"
-    return f"(a) qieemo, whisper-base frozen: {', '.join(parts)}"
+        return f"(a) qieemo, {encoder}, block {ids} retrained: {', '.join(parts)}"
+    return f"(a) qieemo, {encoder} frozen: {', '.join(parts)}"
 
 
 def row(name: str, mean: dict, std: dict, wall: float | None, note: str = "") -> str:
@@ -123,15 +132,20 @@ def row(name: str, mean: dict, std: dict, wall: float | None, note: str = "") ->
     return f"| {name} | {cells} | {'' if wall is None else f'{wall:.0f}'} | {note} |"
 
 
-def probe_result(items: list[dict], y, folds, cache: Path, speaker_norm: bool, work: Path) -> dict:
+def probe_result(
+    items: list[dict], y, folds, cache: Path, speaker_norm: bool, work: Path, window: str = "fit"
+) -> dict:
     """The probe baseline (b), computed once per work folder like the qieemo folds: kept in
-    ``work/probe[_spknorm].json`` and reused by later calls (it depends only on the cached
+    ``work/probe[_30s][_spknorm].json`` and reused by later calls (it depends only on the cached
     features)."""
-    path = work / ("probe_spknorm.json" if speaker_norm else "probe.json")
+    name = (
+        "probe" + ("" if window == "fit" else f"_{window}") + ("_spknorm" if speaker_norm else "")
+    )
+    path = work / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
     start = time.time()
-    means = block_means(items, cache, speaker_norm)
+    means = block_means(items, cache, speaker_norm, window)
     probe = baselines.best_block_probe(means, y, folds, C=0.1, select="inner")
     result = {
         "mean": probe["result"]["mean"],
@@ -189,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated corpora on which qieemo also runs without MMF (the last block alone)",
     )
+    parser.add_argument(
+        "--window-toggled",
+        default="",
+        help="comma-separated corpora on which qieemo (frozen, no speed copies) and the probe also "
+        "run on whisper-base with the 30-second window",
+    )
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()  # the recipes run in their own folders
     cache = work / "feature_cache"
@@ -223,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("qieemo_tune_toggled", None, "other encoder setting"))
         if corpus in args.ablations_no_mmf.split(","):
             runs.append(("qieemo_no_mmf", ["--use_mmf=False"], "ablation"))
+        windows = ["fit", "30s"] if corpus in args.window_toggled.split(",") else ["fit"]
+        if "30s" in windows:
+            runs.append(("qieemo_30s_frozen", WINDOW_30S, "30 s window, features cached"))
         if args.baselines_only:
             runs = []
         default_hparams: dict = {}
@@ -245,10 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             table.append(
                 row(qieemo_name(summary["hparams"]), summary["mean"], summary["std"], wall, note)
             )
-        for speaker_norm in (False, True):
-            probe = probe_result(items, y, folds, cache, speaker_norm, work / corpus)
-            name = "(b) probe, best block by inner CV" + (
-                " + per-speaker normalisation" if speaker_norm else ""
+        for window, speaker_norm in [("fit", False), ("fit", True)] + [("30s", False)] * (
+            "30s" in windows
+        ):
+            probe = probe_result(items, y, folds, cache, speaker_norm, work / corpus, window)
+            name = (
+                "(b) probe, best block by inner CV"
+                + (" + per-speaker normalisation" if speaker_norm else "")
+                + ("" if window == "fit" else ", 30 s window")
             )
             table.append(
                 row(

@@ -37,6 +37,7 @@ torch.Size([2, 55, 4])
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -75,6 +76,13 @@ def file_digest(path: str, start: float | None = None, stop: float | None = None
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _memo_digest(path: str, start, stop, size: int, mtime_ns: int) -> str:
+    """:func:`file_digest`, hashed once per process for a file as long as its size and mtime
+    stay the same (a run asks for every training clip once per speed and per pass)."""
+    return file_digest(path, start, stop)
+
+
 class FeatureCache:
     """Per-utterance encoder outputs ``(blocks, ppg)`` on disk, in fp16.
 
@@ -98,7 +106,8 @@ class FeatureCache:
         self, wav: str, start: float | None = None, stop: float | None = None, speed: int = 100
     ) -> Path:
         """Where the features of this audio (segment), played at ``speed`` percent, are stored."""
-        key = file_digest(wav, start, stop)
+        stat = os.stat(wav)
+        key = _memo_digest(os.path.abspath(wav), start, stop, stat.st_size, stat.st_mtime_ns)
         suffix = "" if speed == 100 else f"_speed{speed}"
         return self.folder / key[:2] / f"{key}{suffix}.pt"
 

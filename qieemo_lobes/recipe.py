@@ -345,6 +345,13 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
             f"error: {hparams_file}: speaker_norm standardises the cached block that the "
             "retrained encoder blocks read; use it with --tune_blocks=0"
         )
+    if getattr(hparams["encoder"], "window", "fit") != "fit" and getattr(tuner, "n_blocks", 0):
+        # With the 30 s window the encoder's blocks also attend to the padding, which the
+        # retrained blocks (recomputed from the clip's own frames) never see.
+        raise SystemExit(
+            f"error: {hparams_file}: the retrained encoder blocks need window: fit (with the "
+            "30 s window they would not start from the pretrained blocks); use --tune_blocks=0"
+        )
     if hparams["use_feature_cache"]:
         if not hparams["freeze_encoder"]:
             raise SystemExit(f"error: {hparams_file}: use_feature_cache needs freeze_encoder: True")

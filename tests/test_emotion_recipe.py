@@ -197,22 +197,30 @@ def test_final_model_without_test_fold_exports_and_classifies(tmp_path, subset, 
     assert wav.name in classify.stdout
 
 
-def test_speaker_norm_with_retrained_blocks_is_refused_in_one_line(tmp_path, subset):
-    """Per-speaker normalisation would standardise the cached block the retrained encoder block
-    reads: the recipe refuses the combination before any training, in one line."""
+@pytest.mark.parametrize(
+    "setting, named",
+    [("--speaker_norm=True", "speaker_norm"), ("--window=30s", "window: fit")],
+)
+def test_retrained_blocks_refuse_speaker_norm_and_30s_window_in_one_line(
+    tmp_path, subset, setting, named
+):
+    """Retrained encoder blocks recompute from the cached block below them: per-speaker
+    normalisation would standardise that block, and with the 30 s window the encoder's own blocks
+    attend to padding the retrained ones never see. The recipe refuses both before any training,
+    in one line."""
     result = train_fold(
         subset,
         tmp_path / "run",
         f"--feature_cache={tmp_path / 'cache'}",
         *TINY_WHISPER,
-        "--speaker_norm=True",
+        setting,
         "--tune_blocks=1",
         timeout=300,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "--tune_blocks=0" in last
+    assert last.startswith("error: ") and named in last and "--tune_blocks=0" in last
     assert not (tmp_path / "cache").exists()  # refused before any feature was computed
 
 

@@ -105,3 +105,24 @@ def test_segment_reads_only_its_samples(corpus):
     assert abs(len(part) - 0.75 * 16000) <= 2
     start = int(0.5 * 16000)
     assert torch.allclose(part[100:-100], whole[start + 100 : start + len(part) - 100], atol=5e-3)
+
+
+def test_each_file_is_hashed_once_per_run(tmp_path, corpus, tiny_fit, monkeypatch):
+    """Entries for several speeds and passes hash a file once; a rewritten file again."""
+    from qieemo_lobes import features
+
+    hashed = []
+    real = features.file_digest
+    monkeypatch.setattr(features, "file_digest", lambda *a: hashed.append(a[0]) or real(*a))
+    features._memo_digest.cache_clear()
+    cache = FeatureCache(tiny_fit, tmp_path / "cache")
+    for _ in range(2):
+        for speed in (90, 100, 110):
+            entries = {utt: cache.entry(r["wav"], speed=speed) for utt, r in corpus.items()}
+    assert sorted(hashed) == sorted(r["wav"] for r in corpus.values())
+    assert entries["03a01Fa"].name.endswith("_speed110.pt")
+    wav = corpus["03a01Fa"]["wav"]
+    data, rate = soundfile.read(wav)
+    soundfile.write(wav, data[: len(data) // 2], rate)
+    assert cache.entry(wav, speed=110) != entries["03a01Fa"]
+    assert hashed.count(wav) == 2
