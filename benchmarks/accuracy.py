@@ -220,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     from qieemo_lobes.encoders import WhisperBlocks
     from qieemo_lobes.features import FeatureCache
 
-    identity = WhisperBlocks.identity_for("whisper-base", "fit")
-    reader = FeatureCache(SimpleNamespace(identity=identity), cache)
+    readers = {
+        window: FeatureCache(
+            SimpleNamespace(identity=WhisperBlocks.identity_for("whisper-base", window)), cache
+        )
+        for window in ("fit", "30s")
+    }
     lines = []
     for corpus in args.corpora.split(","):
         data = Path(args.data) / CORPORA[corpus][1]
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("qieemo_no_mmf", ["--use_mmf=False"], "ablation"))
         windows = ["fit", "30s"] if corpus in args.window_toggled.split(",") else ["fit"]
         if "30s" in windows:
-            runs.append(("qieemo_30s_frozen", WINDOW_30S, "30 s window, features cached"))
+            runs.append(("qieemo_30s_frozen", WINDOW_30S, ""))
         if args.baselines_only:
             runs = []
         default_hparams: dict = {}
@@ -258,12 +262,14 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "qieemo_tune_toggled":
                 overrides = FROZEN if int(default_hparams.get("tune_blocks", 0)) else TUNED
             marker = work / corpus / name / "started_with_empty_cache"
-            if name == "qieemo" and not any(reader.entry(i["path"]).exists() for i in items):
+            reader = readers["30s" if name == "qieemo_30s_frozen" else "fit"]
+            first = name in ("qieemo", "qieemo_30s_frozen")  # the first run of its window
+            if first and not any(reader.entry(i["path"]).exists() for i in items):
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()  # this run's wall time includes the corpus' feature extraction
             summary, wall = run_qieemo(corpus, data, work / corpus / name, cache, *overrides)
             default_hparams = default_hparams or summary["hparams"]
-            if name == "qieemo":
+            if first:
                 note = "feature extraction included" if marker.exists() else "features cached"
             table.append(
                 row(qieemo_name(summary["hparams"]), summary["mean"], summary["std"], wall, note)
