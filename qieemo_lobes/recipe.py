@@ -116,8 +116,12 @@ class EmotionBrain(sb.Brain):
 
     def on_fit_start(self):
         super().on_fit_start()
-        speeds = _speeds(vars(self.hparams))  # the live encoder's; the cache has its own copies
-        self.speed_perturb = None if speeds == [100] else SpeedPerturb(SAMPLE_RATE, speeds=speeds)
+        # Batches are perturbed only for a live encoder; the feature cache holds its own copies.
+        speeds = _speeds(vars(self.hparams))
+        live = "encoder" in self.modules
+        self.speed_perturb = (
+            SpeedPerturb(SAMPLE_RATE, speeds=speeds) if live and speeds != [100] else None
+        )
 
     def on_stage_start(self, stage, epoch=None):
         self.outputs = []
@@ -338,20 +342,21 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
     modules = {"head": hparams["head"]}
     feature_paths = speaker_stats = train_variants = None
     tuner = getattr(hparams["head"], "block_tuner", None)
-    if hparams.get("speaker_norm", False) and getattr(tuner, "n_blocks", 0):
-        # The normalisation would standardise the cached block that the retrained encoder
-        # blocks read, far from the inputs their pretrained weights expect.
-        raise SystemExit(
-            f"error: {hparams_file}: speaker_norm standardises the cached block that the "
-            "retrained encoder blocks read; use it with --tune_blocks=0"
-        )
-    if getattr(hparams["encoder"], "window", "fit") != "fit" and getattr(tuner, "n_blocks", 0):
-        # With the 30 s window the encoder's blocks also attend to the padding, which the
-        # retrained blocks (recomputed from the clip's own frames) never see.
-        raise SystemExit(
-            f"error: {hparams_file}: the retrained encoder blocks need window: fit (with the "
-            "30 s window they would not start from the pretrained blocks); use --tune_blocks=0"
-        )
+    if getattr(tuner, "n_blocks", 0):  # retrained blocks read the cached block below them
+        if hparams.get("speaker_norm", False):
+            # The normalisation would standardise that block, far from the inputs their
+            # pretrained weights expect.
+            raise SystemExit(
+                f"error: {hparams_file}: speaker_norm standardises the cached block that the "
+                "retrained encoder blocks read; use it with --tune_blocks=0"
+            )
+        if getattr(hparams["encoder"], "window", "fit") != "fit":
+            # With the 30 s window the encoder's blocks also attend to the padding, which the
+            # retrained blocks (recomputed from the clip's own frames) never see.
+            raise SystemExit(
+                f"error: {hparams_file}: the retrained encoder blocks need window: fit (with the "
+                "30 s window they would not start from the pretrained blocks); use --tune_blocks=0"
+            )
     if hparams["use_feature_cache"]:
         if not hparams["freeze_encoder"]:
             raise SystemExit(f"error: {hparams_file}: use_feature_cache needs freeze_encoder: True")
