@@ -247,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("qieemo_tune_toggled", None, "other encoder setting"))
         if corpus in args.ablations_no_mmf.split(","):
             runs.append(("qieemo_no_mmf", ["--use_mmf=False"], "ablation"))
-        windows = ["fit", "30s"] if corpus in args.window_toggled.split(",") else ["fit"]
-        if "30s" in windows:
+        probes = [("fit", False), ("fit", True)]  # (window, per-speaker normalisation)
+        if corpus in args.window_toggled.split(","):
             runs.append(("qieemo_30s_frozen", WINDOW_30S, ""))
+            probes.append(("30s", False))
         if args.baselines_only:
             runs = []
         default_hparams: dict = {}
@@ -274,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             table.append(
                 row(qieemo_name(summary["hparams"]), summary["mean"], summary["std"], wall, note)
             )
-        for window, speaker_norm in [("fit", False), ("fit", True)] + [("30s", False)] * (
-            "30s" in windows
-        ):
+        for window, speaker_norm in probes:
             probe = probe_result(items, y, folds, cache, speaker_norm, work / corpus, window)
             name = (
                 "(b) probe, best block by inner CV"
