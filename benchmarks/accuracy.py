@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import baselines  # noqa: E402
 
-from qieemo_lobes.manifests import write_json_atomic, write_text_atomic  # noqa: E402
+from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 CORPORA = {
     "emodb": ("EmoDB", "emodb"),

@@ -40,7 +40,7 @@ import numpy as np
 import soundfile as sf
 
 from qieemo_lobes.classify import DEFAULT_MODEL_DIR
-from qieemo_lobes.manifests import write_text_atomic
+from qieemo_lobes.files import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QIEEMO_SHARED_DATA", REPO.parent / "shared" / "data"))

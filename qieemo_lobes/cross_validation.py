@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qieemo_lobes.manifests import write_json_atomic, write_text_atomic
+from qieemo_lobes.files import write_json_atomic, write_text_atomic
 
 METRICS = ("wa", "ua", "wf1", "macro_f1")
 

@@ -46,7 +46,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import soundfile as sf
+
+from qieemo_lobes.files import write_json_atomic
 
 # Plain stdlib logging (SpeechBrain's get_logger wraps the same thing) so that the prepare
 # scripts' command line does not pay for importing torch and SpeechBrain.
@@ -646,29 +647,6 @@ def split_for_test_fold(
 # ---------------------------------------------------------------------------------------------
 # Writing and skipping
 # ---------------------------------------------------------------------------------------------
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)  # mkstemp makes 0600 files; give the usual permissions instead
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """JSON (indented, UTF-8) through :func:`write_text_atomic`."""
-    write_text_atomic(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", path)
 
 
 def write_manifests(

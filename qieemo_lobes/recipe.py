@@ -49,7 +49,7 @@ from qieemo_lobes.features import (
     read_audio,
     speaker_statistics,
 )
-from qieemo_lobes.manifests import write_json_atomic
+from qieemo_lobes.files import write_json_atomic
 
 logger = get_logger(__name__)
 

@@ -60,7 +60,7 @@ sys.path.insert(0, str(REPO / "recipes" / "RAVDESS" / "emotion"))
 from emodb_prepare import list_utterances as list_emodb  # noqa: E402
 from ravdess_prepare import list_utterances as list_ravdess  # noqa: E402
 
-from qieemo_lobes.manifests import write_json_atomic, write_text_atomic  # noqa: E402
+from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 
 def write_manifest(emodb: Path, ravdess: Path, path: Path) -> dict[str, dict[str, int]]:
