@@ -14,6 +14,7 @@ damaged / unknown content         ``not a readable audio file (corrupt or unknow
 damaged data after a good header  ``corrupt or truncated audio data (...)``
 truncated file                    ``truncated audio file (...)``
 NaN or inf samples                ``contains NaN or infinite samples``
+under :data:`MIN_SECONDS`         ``too short (...)``
 ``.m4a``/``.aac``/... here        ``unsupported audio format '.m4a' (...)``
 digital silence or very quiet     ``silence only (no speech to classify)``
 longer than ``max_seconds``       :class:`AudioTooLongError` (``too long for ...``)
@@ -75,6 +76,7 @@ __all__ = [
     "AudioTooLongError",
     "audio_extensions",
     "audio_info",
+    "check_audio",
     "find_audio",
     "frame_dbfs",
     "load_audio",
@@ -103,6 +105,8 @@ FALLBACK_EXTENSIONS: tuple[str, ...] = (".m4a", ".aac", ".mp4", ".wma", ".webm",
 SILENCE_DBFS: float = -60.0
 SILENCE_FRAME_S: float = 0.032
 SILENCE_PROBLEM = "silence only (no speech to classify)"
+# Shorter clips hold no utterance to classify (and give the encoder too few frames to work on).
+MIN_SECONDS: float = 0.1
 
 
 class AudioError(Exception):
@@ -458,6 +462,14 @@ def frame_dbfs(mono: np.ndarray, sample_rate: int, frame_s: float = SILENCE_FRAM
         return 10.0 * np.log10(power)
 
 
+def _check_long_enough(path: str, n_samples: int, sample_rate: int) -> None:
+    if n_samples < MIN_SECONDS * sample_rate:
+        raise AudioError(
+            path,
+            f"too short ({n_samples / sample_rate:.3f} s; at least {MIN_SECONDS} s of audio needed)",
+        )
+
+
 def _check_not_silent(path: str, mono: np.ndarray, sample_rate: int) -> None:
     levels = frame_dbfs(mono, sample_rate)
     if levels.size == 0 or levels.max() < SILENCE_DBFS:
@@ -569,15 +581,63 @@ def load_audio(
     (torch.Size([16000]), torch.float32, 0.3)
     """
     path = os.fspath(path)
-    data, rate = _read_all(path, max_seconds)
-    mono = _to_mono(data)
-    _check_finite(path, mono)
-    _check_not_silent(path, mono, rate)
+    mono, rate = _read_checked(path, max_seconds)
     wav = torch.from_numpy(mono)
     if rate != target_sr:
         with torch.inference_mode():
             wav = _resampler(rate, target_sr)(wav).clone()
     return wav
+
+
+def _read_checked(path: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Decode a whole file to mono at its own rate, with every check of :func:`load_audio`."""
+    data, rate = _read_all(path, max_seconds)
+    mono = _to_mono(data)
+    _check_long_enough(path, len(mono), rate)
+    _check_finite(path, mono)
+    _check_not_silent(path, mono, rate)
+    return mono, rate
+
+
+def check_audio(path: str | os.PathLike) -> float:
+    """Check that a file can be classified, as :func:`load_audio` does; returns its duration.
+
+    The whole file is decoded (a header can lie about what follows) but not resampled: data
+    preparation uses this so that a recipe never trains or tests on a file that ``classify``
+    would refuse.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The audio file.
+
+    Returns
+    -------
+    float
+        Duration in seconds.
+
+    Raises
+    ------
+    AudioError
+        For every problem in the table of the module docstring; ``str()`` is one line.
+
+    Example
+    -------
+    >>> import numpy as np, soundfile as sf
+    >>> tmp = getfixture("tmp_path")
+    >>> sf.write(tmp / "tone.wav", 0.1 * np.sin(np.arange(8000) / 5), 16000)
+    >>> check_audio(tmp / "tone.wav")
+    0.5
+    >>> sf.write(tmp / "click.wav", 0.1 * np.sin(np.arange(200) / 5), 16000)
+    >>> try:
+    ...     check_audio(tmp / "click.wav")
+    ... except AudioError as err:
+    ...     print(err.problem)
+    too short (0.013 s; at least 0.1 s of audio needed)
+    """
+    path = os.fspath(path)
+    mono, rate = _read_checked(path, None)
+    return len(mono) / rate
 
 
 # ------------------------------------------------------------------------------------------------

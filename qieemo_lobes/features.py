@@ -121,6 +121,11 @@ class FeatureCache:
         stored = torch.load(path, map_location="cpu")
         return stored["blocks"], stored["ppg"]
 
+    def read_entry(self, path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(blocks, ppg)`` stored in the cache entry ``path`` (as returned by :meth:`entry`)."""
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return stored["blocks"], stored["ppg"]
+
     def precompute(
         self,
         utterances: dict[str, dict],
