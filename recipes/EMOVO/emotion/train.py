@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Qieemo emotion recognition on EMOVO, one leave-one-speaker-out fold.
+
+    python train.py hparams/qieemo.yaml --data_folder=DIR --test_fold=K
+
+The recipe logic is shared by every corpus (``qieemo_lobes.recipe``); this file only names the
+corpus' data preparation.
+"""
+
+from emovo_prepare import prepare_emovo
+
+from qieemo_lobes.recipe import run_training
+
+if __name__ == "__main__":
+    run_training(prepare_emovo)
