@@ -101,7 +101,7 @@ def block_means(
         )
     means = []
     for i, item in enumerate(items):
-        stored = torch.load(entries[str(i)], map_location="cpu")
+        stored = torch.load(entries[str(i)], map_location="cpu", weights_only=True)
         blocks, ppg = stored["blocks"].float(), stored["ppg"].float()
         if stats is not None:
             blocks, ppg = normalize_speaker(blocks, ppg, stats[item["speaker"]])

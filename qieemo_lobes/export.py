@@ -23,9 +23,17 @@ and ``test_metrics.json`` (written last: its presence marks the run as finished)
 - ``label_encoder.ckpt``: the run's label encoder;
 - ``metadata.json`` and ``README.md``: the source run, the checkpoint, the run's test metrics.
 
+Nothing is written until the head is known to load: ``head.ckpt`` is read with
+``torch.load(..., weights_only=True)``, every tensor must be finite (a run whose training
+diverged is refused: "head.ckpt holds NaN or infinite weights (training diverged)") and it is
+loaded strictly into the head built from the inference file's ``head`` node; the label encoder
+must parse. A truncated or corrupt checkpoint is refused in one line naming it.
+
 The folder is built under a temporary name and renamed into place, so it is either complete or
-absent. An existing ``MODEL_DIR`` is replaced only when it is empty or an earlier export.
-A folder that is not a finished run is refused with one line on stderr and exit code 2.
+absent. ``MODEL_DIR`` must not exist or be empty: an existing model folder is replaced only with
+``--force`` (``export_model(..., force=True)``), and then whole, files the export does not write
+(such as a ``MODEL_CARD.md``) included; a non-empty folder that is not an earlier export is never
+replaced. Every refusal is one line on stderr and exit code 2.
 
 Example
 -------
@@ -43,11 +51,20 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.tag import Tag
+
+from qieemo_lobes.files import atomic_open, write_json_atomic, write_text_atomic
+from qieemo_lobes.model_folder import (
+    ModelFolderError,
+    load_head_state,
+    load_labels,
+    load_state_strictly,
+)
 
 __all__ = ["ExportError", "export_model", "main"]
 
@@ -276,19 +293,65 @@ def _readme(run: Path, info: dict, metadata: dict) -> str:
     )
 
 
-def _check_destination(out: Path) -> None:
-    if out.is_file() or out.is_symlink():
+def _is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds a model folder written by this module (its metadata says so)."""
+    try:
+        previous = json.loads((folder / METADATA).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(previous, dict) and previous.get("exported_by") == EXPORTED_BY
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    """Refuse a file, a non-empty folder without ``force``, and a foreign folder even with it."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ExportError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        try:
-            previous = json.loads((out / METADATA).read_text())
-        except (OSError, ValueError):
-            previous = {}
-        if previous.get("exported_by") != EXPORTED_BY:
-            raise ExportError(f"{out}: exists, is not empty and is not an exported model")
+        if not _is_export(out):
+            raise ExportError(
+                f"{out}: exists, is not empty and is not an exported model (never replaced, "
+                "even with --force); choose another folder"
+            )
+        if not force:
+            raise ExportError(
+                f"{out}: exists and is not empty (an earlier export); pass --force to replace "
+                "it whole, files the export does not write (MODEL_CARD.md...) included"
+            )
 
 
-def export_model(run: str | os.PathLike, out: str | os.PathLike) -> Path:
+def _verify_head(info: dict, inference_yaml: str) -> None:
+    """The head's checkpoint loads safely, holds finite weights and fits the exported head."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    head_file = info["ckpt"].path / "head.ckpt"
+    try:
+        state = load_head_state(head_file)
+        labels = load_labels(info["label_file"])
+    except ModelFolderError as err:
+        raise ExportError(str(err)) from None
+    n_classes = _yaml().load(inference_yaml).get("n_classes")
+    if n_classes is not None and len(labels) != int(n_classes):
+        raise ExportError(
+            f"{info['label_file']}: {len(labels)} labels, the head predicts {n_classes} classes"
+        )
+    head_node = _yaml().load(inference_yaml)["head"]
+    try:
+        head = load_hyperpyyaml(_dump("head", head_node))["head"]
+    except Exception as err:  # the run's own head node: any failure to build it, in one line
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise ExportError(f"{info['run']}: cannot build the run's head ({message})") from None
+    try:
+        load_state_strictly(head, state, head_file, "the run's head")
+    except ModelFolderError as err:
+        raise ExportError(str(err)) from None
+
+
+def export_model(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    force: bool = False,
+    extra_files: Mapping[str, str] | None = None,
+) -> Path:
     """Export the finished recipe run ``run`` into the model folder ``out``.
 
     Arguments
@@ -296,7 +359,14 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike) -> Path:
     run : str or os.PathLike
         The recipe's output folder (one fold).
     out : str or os.PathLike
-        The model folder to write (replaced if it is an earlier export).
+        The model folder to write. It must not exist or be empty, unless ``force``.
+    force : bool
+        Replace ``out`` when it is an earlier export (whole: files the export does not write,
+        such as ``MODEL_CARD.md``, go too; pass them again in ``extra_files``). A non-empty
+        folder that is not an export is refused even so.
+    extra_files : Mapping of str to str, optional
+        More text files for the folder, ``{name: text}`` (e.g. ``{"MODEL_CARD.md": card}``),
+        written with the others before the folder appears.
 
     Returns
     -------
@@ -306,11 +376,30 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike) -> Path:
     Raises
     ------
     ExportError
-        When ``run`` is not a finished run or ``out`` is not writable; ``str()`` is one line.
+        When ``run`` is not a finished run, its ``head.ckpt`` is truncated, corrupt, holds NaN
+        or infinite weights or does not fit its head, or ``out`` is refused or not writable;
+        ``str()`` is one line. Nothing is written then.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> try:
+    ...     export_model(folder / "no_run", folder)
+    ... except ExportError as err:
+    ...     print(str(err).replace(str(folder), "DIR"))
+    DIR/no_run: no such directory
     """
     run, out = Path(run).absolute(), Path(out).absolute()
+    extra_files = dict(extra_files or {})
+    written = {"hyperparams.yaml", "head.ckpt", "label_encoder.ckpt", METADATA, "README.md"}
+    for name in extra_files:
+        if Path(name).name != name or name in written or name.startswith("."):
+            raise ExportError(f"{name}: not a name for an extra file of the model folder")
     info = _read_run(run)
-    _check_destination(out)
+    info["run"] = run
+    _check_destination(out, force)
+    inference_yaml = _inference_yaml(run, info)
+    _verify_head(info, inference_yaml)
     tree = info["tree"]
     metadata = {
         "exported_by": EXPORTED_BY,
@@ -329,11 +418,20 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        (tmp / "hyperparams.yaml").write_text(_inference_yaml(run, info))
-        shutil.copyfile(info["ckpt"].path / "head.ckpt", tmp / "head.ckpt")
-        shutil.copyfile(info["label_file"], tmp / "label_encoder.ckpt")
-        (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
-        (tmp / "README.md").write_text(_readme(run, info, metadata))
+        write_text_atomic(inference_yaml, tmp / "hyperparams.yaml")
+        for source, name in (
+            (info["ckpt"].path / "head.ckpt", "head.ckpt"),
+            (info["label_file"], "label_encoder.ckpt"),
+        ):
+            with open(source, "rb") as src, atomic_open(tmp / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        try:
+            write_json_atomic(metadata, tmp / METADATA)
+        except ValueError:
+            raise ExportError(f"{run}: test_metrics.json or the checkpoint holds NaN") from None
+        write_text_atomic(_readme(run, info, metadata), tmp / "README.md")
+        for name, text in extra_files.items():
+            write_text_atomic(text, tmp / name)
         os.chmod(tmp, 0o755)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
@@ -355,17 +453,33 @@ def _read_or(path: Path, default: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line entry point; returns the exit code (0 done, 2 refused)."""
+    """Command line entry point; returns the exit code (0 done, 2 refused).
+
+    Example
+    -------
+    >>> main([str(getfixture("tmp_path") / "nothing"), "model"])
+    2
+    """
     parser = argparse.ArgumentParser(
         prog="python -m qieemo_lobes.export",
         description="Turn a finished emotion-recipe run into a model folder for "
         "EmotionRecognizer.from_hparams and python -m qieemo_lobes.classify.",
     )
     parser.add_argument("run", help="the recipe's --output_folder of one finished run")
-    parser.add_argument("model_dir", help="the model folder to write")
+    parser.add_argument(
+        "model_dir", help="the model folder to write (must not exist or be empty, unless --force)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace MODEL_DIR when it is an earlier export: the whole folder, files the export "
+        "does not write (MODEL_CARD.md...) included",
+    )
     args = parser.parse_args(argv)
+    target = Path(args.model_dir)
+    before = {p.name for p in target.iterdir()} if target.is_dir() else set()
     try:
-        out = export_model(args.run, args.model_dir)
+        out = export_model(args.run, args.model_dir, force=args.force)
     except ExportError as err:
         print(f"export: {err}", file=sys.stderr)
         return 2
@@ -374,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"exported {args.run} -> {out} ({size / 1e6:.1f} MB)")
+    removed = sorted(before - {p.name for p in out.iterdir()})
+    if removed:
+        print(f"replaced the earlier export; removed: {', '.join(removed)}")
     return 0
 
 

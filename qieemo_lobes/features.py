@@ -6,9 +6,18 @@ utterance's every block and PPG are stored as one fp16 file, named by a key that
 - the encoder's identity (weights and window, ``encoder.identity``),
 - the audio file's bytes (and the segment, when the utterance is part of a file),
 
-so a changed file, other weights or another window can never pick up a stale entry. Files are
-written to a temporary name and renamed, so an interrupted run leaves no half-written entry and
-simply resumes where it stopped.
+so a changed file, other weights or another window can never pick up a stale entry. Entries are
+written whole or not at all (:func:`qieemo_lobes.files.save_torch_atomic`), so an interrupted run
+leaves no half-written entry and simply resumes where it stopped.
+
+An entry damaged afterwards (a full disk, a copy cut short, a bad sector) is not trusted:
+:meth:`FeatureCache.precompute` recomputes an entry that is not a complete ``torch.save`` file
+(a zip archive, checked without reading it), and :meth:`FeatureCache.read_entry` and
+:meth:`FeatureCache.load` recompute one that is missing or cannot be read from the audio it was
+made from, with one warning line naming the entry and the audio file. What cannot be fixed
+raises :class:`FeatureCacheError`, whose ``str()`` is one line: an entry whose audio is unknown or
+unreadable, encoder outputs that are not finite (never stored: they would make a model NaN), a
+cache folder that cannot be written.
 
 Speed-perturbed copies (SpeechBrain's ``SpeedPerturb``: resampling, so tempo and pitch change
 together, as from another voice) are cached beside the original under ``speed`` (percent): a
@@ -39,8 +48,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import tempfile
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import soundfile
@@ -49,11 +61,84 @@ import torchaudio
 from speechbrain.augment.time_domain import SpeedPerturb
 from tqdm import tqdm
 
+from qieemo_lobes.audio import remove_dc
+from qieemo_lobes.files import save_torch_atomic
+
 SAMPLE_RATE = 16000
+# Part of the cache folder's name: what the encoder was given. Entries computed before the input's
+# DC offset was removed (read_audio) sit in the folder without it and are never read.
+INPUT_VERSION = ".dc-removed"
+
+logger = logging.getLogger(__name__)
+
+
+class FeatureCacheError(RuntimeError):
+    """A cache entry that is unusable and cannot be recomputed, non-finite encoder outputs, or
+    a cache folder that cannot be written; ``str()`` is one line naming the file concerned."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (torch's messages span several), at most 200 chars."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def looks_complete(path: str | os.PathLike) -> bool:
+    """Whether ``path`` can be a whole ``torch.save`` file: not empty, and a zip archive whose
+    central directory (at its end) is intact. Reads only the end of the file.
+
+    Example
+    -------
+    >>> import torch
+    >>> path = getfixture("tmp_path") / "entry.pt"
+    >>> torch.save({"a": torch.zeros(3)}, path)
+    >>> looks_complete(path)
+    True
+    >>> _ = path.write_bytes(path.read_bytes()[:-30])  # cut short
+    >>> looks_complete(path), looks_complete(path.with_name("missing.pt"))
+    (False, False)
+    """
+    try:
+        return os.path.getsize(path) > 0 and zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def read_entry_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(blocks, ppg)`` of a cache entry, checked: two tensors of finite values.
+
+    Raises
+    ------
+    FeatureCacheError
+        One line naming the entry and the problem (missing, unreadable, not an entry, not
+        finite). :meth:`FeatureCache.read_entry` recomputes such an entry instead.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FeatureCacheError(f"{path}: feature cache entry missing")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        blocks, ppg = stored["blocks"], stored["ppg"]
+    except Exception as err:  # torch.load fails on damaged data with many exception types
+        raise FeatureCacheError(
+            f"{path}: unreadable feature cache entry ({_one_line(err)})"
+        ) from None
+    if not isinstance(blocks, torch.Tensor) or not isinstance(ppg, torch.Tensor):
+        raise FeatureCacheError(f"{path}: not a feature cache entry (no blocks and ppg tensors)")
+    if not (torch.isfinite(blocks).all() and torch.isfinite(ppg).all()):
+        raise FeatureCacheError(f"{path}: feature cache entry holds NaN or infinite values")
+    return blocks, ppg
 
 
 def read_audio(path: str, start: float | None = None, stop: float | None = None) -> torch.Tensor:
-    """Read a (segment of a) file as 16 kHz mono float32 ``(samples,)``."""
+    """Read a (segment of a) file as 16 kHz mono float32 ``(samples,)``, its DC offset removed.
+
+    This is the model's input in training; inference removes the offset the same way
+    (:func:`qieemo_lobes.audio.remove_dc`).
+    """
     info = soundfile.info(path)
     first = int(round((start or 0.0) * info.samplerate))
     last = int(round(stop * info.samplerate)) if stop is not None else -1
@@ -63,7 +148,15 @@ def read_audio(path: str, start: float | None = None, stop: float | None = None)
     wav = torch.from_numpy(data).mean(dim=1)
     if rate != SAMPLE_RATE:
         wav = torchaudio.functional.resample(wav, rate, SAMPLE_RATE)
-    return wav
+    return remove_dc(wav[None], torch.ones(1))[0]
+
+
+def _duration(wav: str) -> float:
+    """Seconds of audio in ``wav``, from its header."""
+    try:
+        return soundfile.info(wav).duration
+    except Exception as err:  # libsndfile reports bad files with several exception types
+        raise FeatureCacheError(f"{wav}: cannot read the audio file ({_one_line(err)})") from None
 
 
 def file_digest(path: str, start: float | None = None, stop: float | None = None) -> str:
@@ -92,39 +185,77 @@ class FeatureCache:
         A frozen encoder following the ``(blocks, ppg) = encoder(wavs, wav_lens)`` convention,
         with an ``identity`` string that names its weights and settings.
     folder : str
-        Cache root; entries go to ``folder/<encoder.identity>/``.
+        Cache root; entries go to ``folder/<encoder.identity>.dc-removed/``.
     dtype : torch.dtype
         Storage type (fp16 halves the disk and read cost; the head computes in fp32).
     """
 
     def __init__(self, encoder: torch.nn.Module, folder: str, dtype: torch.dtype = torch.float16):
         self.encoder = encoder
-        self.folder = Path(folder) / encoder.identity
+        self.root = Path(folder)
+        self.folder = self.root / f"{encoder.identity}{INPUT_VERSION}"
         self.dtype = dtype
+        # entry path -> (wav, start, stop, speed) it is computed from, for every entry asked for
+        # through entry(), precompute() or load(): what read_entry() recomputes a damaged one from.
+        self.sources: dict[Path, tuple[str, float | None, float | None, int]] = {}
 
     def entry(
         self, wav: str, start: float | None = None, stop: float | None = None, speed: int = 100
     ) -> Path:
-        """Where the features of this audio (segment), played at ``speed`` percent, are stored."""
-        stat = os.stat(wav)
-        key = _memo_digest(os.path.abspath(wav), start, stop, stat.st_size, stat.st_mtime_ns)
+        """Where the features of this audio (segment), played at ``speed`` percent, are stored.
+
+        The entry is remembered with its audio, so that :meth:`read_entry` can recompute it.
+        """
+        try:
+            stat = os.stat(wav)
+            key = _memo_digest(os.path.abspath(wav), start, stop, stat.st_size, stat.st_mtime_ns)
+        except OSError as err:
+            raise FeatureCacheError(
+                f"{wav}: cannot read the audio file ({err.strerror or _one_line(err)})"
+            ) from None
         suffix = "" if speed == 100 else f"_speed{speed}"
-        return self.folder / key[:2] / f"{key}{suffix}.pt"
+        path = self.folder / key[:2] / f"{key}{suffix}.pt"
+        self.sources[path] = (os.fspath(wav), start, stop, speed)
+        return path
 
     def load(
         self, wav: str, start: float | None = None, stop: float | None = None, speed: int = 100
-    ):
-        """``(blocks (n_blocks, T, D), ppg (T, P))`` of one utterance; computed if missing."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(blocks (n_blocks, T, D), ppg (T, P))`` of one utterance; computed if missing,
+        recomputed (with a warning) if damaged."""
         path = self.entry(wav, start, stop, speed)
         if not path.exists():
-            self._compute([(path, wav, start, stop)], speed)
-        stored = torch.load(path, map_location="cpu")
-        return stored["blocks"], stored["ppg"]
+            self._compute([(path, os.fspath(wav), start, stop)], speed)
+        return self.read_entry(path)
 
     def read_entry(self, path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(blocks, ppg)`` stored in the cache entry ``path`` (as returned by :meth:`entry`)."""
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        return stored["blocks"], stored["ppg"]
+        """``(blocks, ppg)`` stored in the cache entry ``path`` (as returned by :meth:`entry`).
+
+        An entry that is missing or cannot be read (or holds non-finite values) is recomputed
+        from the audio it was made from, with one warning line naming the entry and the audio.
+
+        Raises
+        ------
+        FeatureCacheError
+            One line, when the entry is unusable and cannot be recomputed: its audio is unknown
+            to this cache (the entry was never asked for through :meth:`entry`,
+            :meth:`precompute` or :meth:`load`), or the audio cannot be read any more.
+        """
+        path = Path(path)
+        try:
+            return read_entry_file(path)
+        except FeatureCacheError as err:
+            problem = str(err)
+        source = self.sources.get(path)
+        if source is None:
+            raise FeatureCacheError(
+                f"{problem}; it cannot be recomputed: its audio file is unknown here"
+            )
+        wav, start, stop, speed = source
+        segment = "" if start is None and stop is None else f" ({start}-{stop} s)"
+        logger.warning("%s; recomputing it from %s%s", problem, wav, segment)
+        self._compute([(path, wav, start, stop)], speed)
+        return read_entry_file(path)
 
     def precompute(
         self,
@@ -145,9 +276,16 @@ class FeatureCache:
             start, stop = record.get("start"), record.get("stop")
             path = self.entry(record["wav"], start, stop, speed)
             paths[utt_id] = path
-            if not path.exists():
-                duration = record.get("duration") or soundfile.info(record["wav"]).duration
-                todo.append((duration * 100 / speed, path, record["wav"], start, stop))
+            if path.exists() and looks_complete(path):
+                continue
+            if path.exists():  # cut short or overwritten: not an entry any more
+                logger.warning(
+                    "%s: damaged feature cache entry; recomputing it from %s", path, record["wav"]
+                )
+            duration = record.get("duration") or _duration(record["wav"])
+            todo.append((duration * 100 / speed, path, record["wav"], start, stop))
+        if todo:
+            self._check_writable()
         todo.sort(key=lambda item: item[0])
         batches, current, seconds = [], [], 0.0
         for duration, *item in todo:
@@ -166,9 +304,35 @@ class FeatureCache:
         bar.close()
         return paths
 
+    def _cannot_write(self, err: OSError) -> FeatureCacheError:
+        return FeatureCacheError(
+            f"{self.root}: cannot write the feature cache ({err.strerror or _one_line(err)})"
+        )
+
+    def _check_writable(self) -> None:
+        """Refuse a cache folder that cannot be written before anything is encoded."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.folder):
+                pass
+        except OSError as err:
+            raise self._cannot_write(err) from None
+
     @torch.no_grad()
     def _compute(self, batch: list[tuple], speed: int = 100) -> None:
-        wavs = [read_audio(wav, start, stop) for _, wav, start, stop in batch]
+        """Encode ``[(entry path, wav, start, stop)]`` and store every entry.
+
+        Entries with non-finite outputs are not stored: the finite ones of the batch are, then
+        :class:`FeatureCacheError` names the audio files concerned.
+        """
+        wavs = []
+        for _, wav, start, stop in batch:
+            try:
+                wavs.append(read_audio(wav, start, stop))
+            except Exception as err:  # soundfile and resampling fail with several types
+                raise FeatureCacheError(
+                    f"{wav}: cannot read the audio to encode it ({_one_line(err)})"
+                ) from None
         if speed != 100:
             perturb = SpeedPerturb(orig_freq=SAMPLE_RATE, speeds=[speed])
             wavs = [perturb(wav[None])[0] for wav in wavs]
@@ -179,32 +343,52 @@ class FeatureCache:
         device = next(iter(self.encoder.parameters()), torch.empty(0)).device
         blocks, ppg = self.encoder(padded.to(device), (lengths / lengths.max()).to(device))
         n_frames = blocks.shape[2]
-        for i, (path, *_) in enumerate(batch):
+        not_finite = []
+        for i, (path, wav, start, stop) in enumerate(batch):
             frames = max(1, int(round(float(lengths[i]) / float(lengths.max()) * n_frames)))
             entry = {
                 "blocks": blocks[:, i, :frames].to("cpu", self.dtype).clone(),
                 "ppg": ppg[i, :frames].to("cpu", self.dtype).clone(),
             }
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-                torch.save(entry, tmp)
-            os.replace(tmp.name, path)
+            # Checked as stored: values beyond fp16's range would become infinities.
+            if not (torch.isfinite(entry["blocks"]).all() and torch.isfinite(entry["ppg"]).all()):
+                segment = "" if start is None and stop is None else f" ({start}-{stop} s)"
+                not_finite.append(f"{wav}{segment}")
+                continue
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_torch_atomic(entry, path)
+            except OSError as err:
+                raise self._cannot_write(err) from None
+        if not_finite:
+            more = f" (and {len(not_finite) - 1} more in its batch)" if len(not_finite) > 1 else ""
+            raise FeatureCacheError(
+                f"{not_finite[0]}{more}: the encoder's outputs hold NaN or infinite values "
+                f"(in {self.dtype}); not cached"
+            )
 
 
-def speaker_statistics(entries: dict[str, Path], speaker_of: dict[str, str]) -> dict[str, dict]:
+def speaker_statistics(
+    entries: dict[str, Path],
+    speaker_of: dict[str, str],
+    read: Callable[[Path], tuple[torch.Tensor, torch.Tensor]] = read_entry_file,
+) -> dict[str, dict]:
     """Per-speaker mean and std of every block and of the PPG, over all of a speaker's frames.
 
     Used for per-speaker feature normalisation, which is transductive: it needs several
     (unlabelled) utterances of each test speaker. No label is read. Keep it off where a single
     file is classified, and report results with and without it.
 
+    ``read`` reads an entry: :func:`read_entry_file` (a damaged entry raises
+    :class:`FeatureCacheError`), or a cache's :meth:`FeatureCache.read_entry`, which recomputes it.
+
     Returns ``{speaker: {"blocks": (mean, std) of shape (n_blocks, 1, D), "ppg": (mean, std)
     of shape (1, P)}}``.
     """
     sums: dict[str, list] = {}
     for utt, path in entries.items():
-        stored = torch.load(path, map_location="cpu")
-        blocks, ppg = stored["blocks"].double(), stored["ppg"].double()
+        blocks, ppg = read(path)
+        blocks, ppg = blocks.double(), ppg.double()
         acc = sums.setdefault(speaker_of[utt], [0, 0.0, 0.0, 0.0, 0.0])
         acc[0] += blocks.shape[1]
         acc[1] = acc[1] + blocks.sum(1, keepdim=True)

@@ -20,6 +20,19 @@ It is loaded with :meth:`EmotionRecognizer.from_hparams`, as SpeechBrain's publi
     out_prob, score, index, text_lab = recognizer.classify_file("speech.wav")
     probabilities = out_prob.exp()  # out_prob holds log-probabilities
 
+**A model folder is code: load only what you trust.** HyperPyYAML constructs whatever
+``hyperparams.yaml`` names (``!new:``, ``!apply:os.system``, ``!!python/object/apply:``...), so
+loading a SpeechBrain model runs its author's code. By default (``trust_code=False``)
+``from_hparams`` first checks the folder with :func:`qieemo_lobes.model_folder.check_model_folder`,
+without constructing anything: ``hyperparams.yaml`` must have exactly the structure the export
+writes (its keys, its classes, plain ``!ref <key>``), ``head.ckpt`` must load with
+``torch.load(..., weights_only=True)`` and hold finite weights that fit the head exactly, and
+``label_encoder.ckpt`` must parse; anything else is refused with
+:class:`~qieemo_lobes.model_folder.ModelFolderError` (one line naming the file). The folders qieemo
+writes, the built-in default model included, pass. ``trust_code=True`` skips the
+``hyperparams.yaml`` check (any SpeechBrain-style folder, hub ids included: you vouch for it);
+damaged or diverged (NaN) weight files are still reported in one line.
+
 Loading is offline: a local folder is read in place (SpeechBrain's ``fetch`` links or returns
 local files and never touches the network for them), and a path that does not exist is reported
 as such instead of being taken for a model hub id. Pass ``run_opts={"device": "cuda"}`` for GPU.
@@ -31,15 +44,32 @@ Authors
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from speechbrain.inference.interfaces import Pretrained
 
-from qieemo_lobes.audio import load_audio
+from qieemo_lobes.audio import load_audio, remove_dc
+from qieemo_lobes.model_folder import (
+    HEAD_FILE,
+    LABELS_FILE,
+    ModelFolderError,
+    check_hyperparams,
+    load_head_state,
+    load_labels,
+    load_state_strictly,
+    state_dict_problem,
+)
 
-__all__ = ["EmotionRecognizer"]
+__all__ = ["EmotionRecognizer", "ModelFolderError"]
+
+
+class _LabelsMismatch(ValueError):
+    """The label encoder's size is not the head's number of classes."""
 
 
 class EmotionRecognizer(Pretrained):
@@ -55,6 +85,11 @@ class EmotionRecognizer(Pretrained):
     (log-softmax of the logits; ``out_prob.exp()`` gives probabilities summing to one), ``score``
     the log-probability of the best class.
 
+    A model folder is code (its ``hyperparams.yaml`` is executed when it is loaded): load only
+    folders you trust. :meth:`from_hparams` refuses, by default, any folder that is not exactly
+    what ``python -m qieemo_lobes.export`` writes; ``trust_code=True`` loads any SpeechBrain-style
+    folder, running its code (see the module docstring).
+
     Arguments
     ---------
     *args, **kwargs
@@ -62,10 +97,15 @@ class EmotionRecognizer(Pretrained):
 
     Example
     -------
-    >>> recognizer = EmotionRecognizer.from_hparams(source="model_dir")  # doctest: +SKIP
-    >>> out_prob, score, index, text_lab = recognizer.classify_file("a.wav")  # doctest: +SKIP
+    >>> shipped = Path(__file__).parent / "default_model"  # the built-in default model
+    >>> recognizer = EmotionRecognizer.from_hparams(source=shipped)
+    >>> recognizer.labels
+    ['angry', 'happy', 'neutral', 'sad']
+    >>> out_prob, score, index, text_lab = recognizer.classify_file(
+    ...     "examples/sad_en_us_m.wav"
+    ... )  # doctest: +SKIP
     >>> text_lab, out_prob.exp().sum().item()  # doctest: +SKIP
-    (['angry'], 1.0)
+    (['sad'], 1.0)
     """
 
     HPARAMS_NEEDED = ["label_encoder"]
@@ -80,7 +120,7 @@ class EmotionRecognizer(Pretrained):
         n_labels = len(encoder)
         expected = int(getattr(self.hparams, "n_classes", n_labels))
         if n_labels == 0 or n_labels != expected:
-            raise ValueError(
+            raise _LabelsMismatch(
                 f"label encoder holds {n_labels} labels, the head predicts {expected} classes "
                 "(missing or mismatched label_encoder.ckpt?)"
             )
@@ -88,16 +128,28 @@ class EmotionRecognizer(Pretrained):
         self.sample_rate = int(getattr(self.hparams, "sample_rate", 16000))
 
     @classmethod
-    def from_hparams(cls, source, hparams_file: str = "hyperparams.yaml", **kwargs):
+    def from_hparams(
+        cls,
+        source,
+        hparams_file: str = "hyperparams.yaml",
+        trust_code: bool = False,
+        **kwargs,
+    ):
         """Load a model folder (see the module docstring); ``kwargs`` go to ``Pretrained``.
 
         Arguments
         ---------
         source : str or os.PathLike
-            The model folder. (A string that is not a path, such as ``"user/model"``, is passed on
-            to SpeechBrain, which would look it up on the Hugging Face hub.)
+            The model folder. (With ``trust_code=True``, a string that is not a path, such as
+            ``"user/model"``, is passed on to SpeechBrain, which would look it up on the Hugging
+            Face hub.)
         hparams_file : str
             Name of the inference hyperparameters file in ``source``.
+        trust_code : bool
+            False (default): load only a local folder with the structure
+            ``python -m qieemo_lobes.export`` writes, checked before anything in it is
+            constructed (:mod:`qieemo_lobes.model_folder`), and load ``head.ckpt`` strictly.
+            True: you trust the folder's author; its ``hyperparams.yaml`` runs as written.
         **kwargs
             ``savedir``, ``run_opts``, ``overrides``... (see
             ``speechbrain.inference.interfaces.pretrained_from_hparams``). Without ``savedir``
@@ -106,7 +158,17 @@ class EmotionRecognizer(Pretrained):
         Returns
         -------
         EmotionRecognizer
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``source`` is a path that does not exist or has no ``hparams_file``.
+        ModelFolderError
+            One line naming the file: a ``hyperparams.yaml`` that is not an export's (unless
+            ``trust_code``), a truncated or corrupt ``head.ckpt`` or ``label_encoder.ckpt``,
+            NaN or infinite head weights, a head checkpoint that does not fit the head.
         """
+        folder = None
         if isinstance(source, (str, os.PathLike)):
             path = Path(os.path.expanduser(os.fspath(source)))
             looks_local = (
@@ -117,8 +179,44 @@ class EmotionRecognizer(Pretrained):
             if path.is_dir():
                 if not (path / hparams_file).is_file():
                     raise FileNotFoundError(f"{source}: not a model folder (no {hparams_file})")
-                source = str(path.resolve())
-        return super().from_hparams(source, hparams_file=hparams_file, **kwargs)
+                folder = path.resolve()
+                source = str(folder)
+        if not trust_code:
+            if folder is None:
+                raise ModelFolderError(
+                    f"{source}: not a local model folder; only local folders written by "
+                    "qieemo_lobes.export load without trust_code=True"
+                )
+            check_hyperparams(folder / hparams_file)
+        head_state = None
+        if folder is not None:  # the files the export's pretrainer loads, checked first
+            if not trust_code or (folder / HEAD_FILE).exists():
+                head_state = load_head_state(folder / HEAD_FILE)
+            if not trust_code or (folder / LABELS_FILE).exists():
+                load_labels(folder / LABELS_FILE)
+        try:
+            # Safe mode loads head.ckpt strictly below: SpeechBrain's warnings about missing
+            # weights (a multi-line dump of the head) would only precede that one-line error.
+            with _quiet("speechbrain.utils.checkpoints", enabled=not trust_code):
+                model = super().from_hparams(source, hparams_file=hparams_file, **kwargs)
+        except _LabelsMismatch as err:
+            if folder is None:
+                raise
+            raise ModelFolderError(f"{folder / LABELS_FILE}: {err}") from None
+        except RuntimeError as err:  # a checkpoint whose tensor shapes do not fit its module
+            if folder is None or "Error(s) in loading state_dict" not in str(err):
+                raise
+            what = f"{folder / HEAD_FILE}:" if not trust_code else f"{folder}: a checkpoint"
+            raise ModelFolderError(
+                f"{what} does not fit the {_module_of(err)} defined in {hparams_file} "
+                f"({state_dict_problem(err)})"
+            ) from None
+        if not trust_code and head_state is not None:
+            # SpeechBrain's Pretrainer loads non-strictly (missing weights only log a warning).
+            load_state_strictly(
+                model.mods.head, head_state, folder / HEAD_FILE, f"the head in {hparams_file}"
+            )
+        return model
 
     @property
     def labels(self) -> list[str]:
@@ -183,7 +281,8 @@ class EmotionRecognizer(Pretrained):
             (16 kHz), zero-padded.
         wav_lens : torch.Tensor, optional
             ``(batch,)`` lengths relative to the longest waveform (SpeechBrain convention);
-            default all 1.0. Padding never changes a waveform's result.
+            default all 1.0. Padding never changes a waveform's result, and each waveform's
+            DC offset is removed first (:func:`qieemo_lobes.audio.remove_dc`, as in training).
 
         Returns
         -------
@@ -198,7 +297,7 @@ class EmotionRecognizer(Pretrained):
         """
         wavs, wav_lens = self._batch(wavs, wav_lens)
         with torch.inference_mode():
-            blocks, ppg = self.mods.encoder(wavs, wav_lens)
+            blocks, ppg = self.mods.encoder(remove_dc(wavs, wav_lens), wav_lens)
             logits = self.mods.head(blocks, ppg, wav_lens)
             out_prob = torch.log_softmax(logits.float(), dim=-1)
         score, index = torch.max(out_prob, dim=-1)
@@ -235,3 +334,22 @@ class EmotionRecognizer(Pretrained):
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
         """Classify a batch (same as :meth:`classify_batch`)."""
         return self.classify_batch(wavs, wav_lens)
+
+
+def _module_of(err: RuntimeError) -> str:
+    """``QieemoHead`` in ``Error(s) in loading state_dict for QieemoHead:``."""
+    first = str(err).splitlines()[0]
+    return first.rsplit(" for ", 1)[-1].rstrip(":").strip() or "module"
+
+
+@contextlib.contextmanager
+def _quiet(name: str, enabled: bool = True) -> Iterator[None]:
+    """Within the block, the logger ``name`` shows errors only (when ``enabled``)."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    if enabled:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

@@ -52,8 +52,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import soundfile as sf
-
 from qieemo_lobes.files import write_json_atomic
 
 # Plain stdlib logging (SpeechBrain's get_logger wraps the same thing) so that the prepare
@@ -178,29 +176,108 @@ def list_audio_files(folder: Path) -> tuple[list[Path], int]:
     return files, ignored
 
 
-def probe_audio(path: str | os.PathLike) -> tuple[float | None, str | None]:
-    """Duration of an audio file in seconds, or ``(None, reason)`` if it cannot be used.
+def _decode_file(path: str) -> tuple[Any, int]:
+    """The whole file as mono samples at its own rate, after the file-level checks of
+    :mod:`qieemo_lobes.audio` (unreadable, empty, zero length, corrupt or truncated data).
+
+    Imported here, not at module load: the prepare command line does not pay for torch until it
+    checks audio.
+    """
+    from qieemo_lobes import audio
+
+    data, rate = audio._read_all(path, None)
+    return audio._to_mono(data), rate
+
+
+def _check_samples(path: str, mono: Any, rate: int) -> None:
+    """:mod:`qieemo_lobes.audio`'s checks on samples, as ``classify`` makes them: too short,
+    NaN or infinite samples, silence only (raises its ``AudioError``)."""
+    from qieemo_lobes import audio
+
+    audio._check_long_enough(path, len(mono), rate)
+    audio._check_finite(path, mono)
+    audio._check_not_silent(path, mono, rate)
+
+
+def probe_audio(
+    path: str | os.PathLike,
+    start: float | None = None,
+    stop: float | None = None,
+    decoded: dict[str, tuple[Any, int]] | None = None,
+) -> tuple[float | None, str | None]:
+    """Seconds of usable audio in a file (or its segment), or ``(None, reason)`` if refused.
+
+    A file is refused for every problem for which ``classify`` refuses it
+    (:func:`qieemo_lobes.audio.check_audio`: unreadable, empty, zero length, corrupt or
+    truncated, NaN or infinite samples, too short, silence only); the whole file is decoded,
+    since a header can lie about what follows. With ``start`` and/or ``stop`` (seconds) only the
+    file-level problems concern the whole file: length, NaN/inf and silence are checked on the
+    segment's own samples, so one silent turn of a dialogue does not refuse the others.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The audio file.
+    start, stop : float, optional
+        Segment bounds in seconds; ``None``: the start or the end of the file.
+    decoded : dict, optional
+        ``{path: (mono, rate)}`` of the last file decoded for a segment; passing the same dict
+        again decodes a file with many segments once (only the last file is kept).
+
+    Returns
+    -------
+    tuple
+        ``(duration in seconds, None)``, or ``(None, reason)`` with the one-line reason
+        (``AudioError.problem``).
 
     Example
     -------
     >>> import numpy as np, soundfile as sf
-    >>> p = getfixture("tmp_path") / "a.wav"
-    >>> sf.write(p, np.zeros(800, dtype="float32"), 16000)
-    >>> probe_audio(p)
-    (0.05, None)
-    >>> (p.parent / "b.wav").write_bytes(b"not audio")
+    >>> tmp = getfixture("tmp_path")
+    >>> tone = 0.1 * np.sin(np.arange(3200) / 5)
+    >>> sf.write(tmp / "a.wav", np.concatenate([tone, np.zeros(3200)]), 16000)
+    >>> probe_audio(tmp / "a.wav")
+    (0.4, None)
+    >>> probe_audio(tmp / "a.wav", 0.2, 0.4)
+    (None, 'segment 0.2-0.4 s: silence only (no speech to classify)')
+    >>> sf.write(tmp / "click.wav", tone[:200], 16000)
+    >>> probe_audio(tmp / "click.wav")
+    (None, 'too short (0.013 s; at least 0.1 s of audio needed)')
+    >>> (tmp / "b.wav").write_bytes(b"not audio")
     9
-    >>> probe_audio(p.parent / "b.wav")[1].startswith("unreadable audio")
-    True
+    >>> probe_audio(tmp / "b.wav")
+    (None, 'not an audio file (text content)')
     """
+    from qieemo_lobes.audio import AudioError, check_audio
+
+    path = os.fspath(path)
     try:
-        info = sf.info(str(path))
-    except Exception as exc:  # libsndfile reports corrupt files with several exception types
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        return None, f"unreadable audio ({message})"
-    if info.frames <= 0 or info.samplerate <= 0:
-        return None, "zero-length audio"
-    return info.frames / info.samplerate, None
+        if start is None and stop is None:
+            return check_audio(path), None
+        if decoded is not None and path in decoded:
+            mono, rate = decoded[path]
+        else:
+            mono, rate = _decode_file(path)
+            if decoded is not None:
+                decoded.clear()
+                decoded[path] = (mono, rate)
+    except AudioError as err:
+        return None, err.problem
+    except (OSError, RuntimeError, ValueError) as err:  # anything audio.py did not foresee
+        message = " ".join(str(err).split()) or type(err).__name__
+        return None, f"cannot read audio ({message})"
+    duration = len(mono) / rate
+    first = 0.0 if start is None else start
+    last = duration if stop is None else stop
+    if not 0 <= first < last <= duration + 1e-3:
+        return None, f"segment {first}-{last} s outside audio of {duration} s"
+    # The samples read_audio (qieemo_lobes.features) reads for this segment.
+    segment = mono[int(round(first * rate)) : int(round(last * rate))]
+    try:
+        _check_samples(path, segment, rate)
+    except AudioError as err:
+        return None, f"segment {first}-{last} s: {err.problem}"
+    return last - first, None
 
 
 class CorpusScan:
@@ -229,7 +306,7 @@ class CorpusScan:
     >>> import numpy as np, soundfile as sf
     >>> tmp = getfixture("tmp_path")
     >>> for name in ("a1", "a2", "b1"):
-    ...     sf.write(tmp / f"{name}.wav", np.zeros(1600, dtype="float32"), 16000)
+    ...     sf.write(tmp / f"{name}.wav", 0.1 * np.sin(np.arange(1600) / 5), 16000)
     >>> scan = CorpusScan("toy", tmp, layout="<root>/<spk><n>.wav", fold_rule="one per speaker")
     >>> scan.add("a1", tmp / "a1.wav", "sad", "a", "a")
     >>> scan.add("a2", tmp / "a2.wav", "calm", "a", "a")
@@ -300,6 +377,10 @@ class CorpusScan:
     def finalize(self, classes: Sequence[str] | None = None) -> CorpusScan:
         """Keep ``classes`` (all labels if ``None``), drop duplicates, check audio; returns self.
 
+        Every file (or segment) is checked as ``classify`` checks it (:func:`probe_audio`): one
+        that it would refuse (NaN samples, too short, truncated, silence only, ...) is listed
+        in ``skipped`` with the reason and lands in no split.
+
         Raises :class:`LayoutError` if nothing usable was found and :class:`ValueError` if every
         utterance was excluded by ``classes``.
         """
@@ -308,6 +389,7 @@ class CorpusScan:
         seen: set[str] = set()
         records = []
         n_in_classes = 0
+        decoded: dict[str, tuple[Any, int]] = {}  # segments of one file: decoded once
         for cand in self.candidates:
             if keep is not None and cand.label not in keep:
                 self.excluded[cand.label] += 1
@@ -320,17 +402,10 @@ class CorpusScan:
             if not os.path.isfile(cand.wav):
                 self.skip(cand.wav, "audio file not found")
                 continue
-            duration, reason = probe_audio(cand.wav)
+            duration, reason = probe_audio(cand.wav, cand.start, cand.stop, decoded)
             if reason is not None:
                 self.skip(cand.wav, reason)
                 continue
-            if cand.start is not None or cand.stop is not None:
-                start = cand.start or 0.0
-                stop = duration if cand.stop is None else cand.stop
-                if not 0 <= start < stop <= duration + 1e-3:
-                    self.skip(cand.wav, f"segment {start}-{stop} s outside audio of {duration} s")
-                    continue
-                duration = stop - start
             records.append(dataclasses.replace(cand, duration=duration))
         self.records = records
         if not records:

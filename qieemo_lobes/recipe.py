@@ -17,6 +17,19 @@ file. One fold is trained per call::
   macro-F1 (percent) and the confusion matrix; ``OUT/predictions.csv`` every test utterance with
   one probability column per class.
 
+A run owns its output folder: it holds ``FolderLock(OUT)`` until it ends (a second run into the
+same folder is refused), records its settings in ``OUT/run_settings.json`` and refuses to resume
+a previous run made with other settings (``--overwrite`` removes that run's results and starts
+over). Bad input stops the command before anything is built, with one line on stderr and exit
+status 2: an unknown or misspelled override, a value of the wrong type or range, a wrong test
+fold, a missing data folder, a feature cache that cannot be written, a file that cannot be
+written while training. A non-finite loss or prediction stops training with one line naming the
+utterances (exit 1); Ctrl-C or SIGTERM prints ``interrupted; rerun the same command to resume``
+(exit 130). Checkpoints are written whole (:class:`SafeCheckpointer`: the ``CKPT.yaml`` that
+makes a checkpoint visible is written last) and checked before a run resumes
+(:func:`remove_broken_checkpoints`). Files that data preparation skipped are listed in
+``OUT/skipped_files.csv``.
+
 Example
 -------
 >>> metrics = classification_metrics(["sad", "sad", "happy"], ["sad", "happy", "happy"], ["happy", "sad"])
@@ -26,22 +39,46 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
+import logging
+import math
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import speechbrain as sb
 import torch
+import yaml
 from hyperpyyaml import load_hyperpyyaml
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 from speechbrain.augment.time_domain import SpeedPerturb
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.checkpoints import (
+    CKPT_PREFIX,
+    DEFAULT_SAVE_HOOKS,
+    METAFNAME,
+    PARAMFILE_EXT,
+    Checkpoint,
+    Checkpointer,
+    get_default_hook,
+    torch_save,
+)
+from speechbrain.utils.distributed import (
+    ddp_barrier,
+    ddp_broadcast,
+    if_main_process,
+    run_on_main,
+)
 from speechbrain.utils.logger import get_logger
 
+from qieemo_lobes import features
 from qieemo_lobes.features import (
     SAMPLE_RATE,
     FeatureCache,
@@ -49,7 +86,21 @@ from qieemo_lobes.features import (
     read_audio,
     speaker_statistics,
 )
-from qieemo_lobes.files import write_json_atomic
+from qieemo_lobes.files import (
+    FolderLock,
+    FolderLockedError,
+    atomic_open,
+    terminate_as_interrupt,
+    write_json_atomic,
+)
+from qieemo_lobes.run_settings import (
+    RECIPE_FLAGS,
+    check_overrides,
+    overrides_to_dict,
+    read_settings_file,
+    resolved_settings,
+    settings_difference,
+)
 
 logger = get_logger(__name__)
 
@@ -86,6 +137,236 @@ def _speeds(hparams: dict) -> list[int]:
     return speeds
 
 
+class RecipeError(Exception):
+    """A refusal or failure the command reports in one line; ``code`` is its exit status."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(" ".join(str(message).split()))
+        self.code = code
+
+
+class NonFiniteError(RecipeError):
+    """A loss or prediction that is NaN or infinite: the model would be NaN from there on."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code=1)
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint file that could not be written; the incomplete checkpoint is removed."""
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (torch's span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _os_error(err: OSError) -> str:
+    """``file: problem`` for an OSError (``str(err)`` without the errno prefix)."""
+    if err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return _one_line(err)
+
+
+def _save_state_dict(obj: Any, path: Path) -> None:
+    """SpeechBrain's ``torch_save`` through a Python file, so a full disk raises ``OSError``
+    (``torch.save`` to a path reports it as an unspecific ``RuntimeError``)."""
+    if not if_main_process():
+        return
+    with open(path, "wb") as fh:
+        torch.save(obj.state_dict(), fh)
+
+
+class SafeCheckpointer(Checkpointer):
+    """SpeechBrain's :class:`~speechbrain.utils.checkpoints.Checkpointer`, with whole checkpoints.
+
+    SpeechBrain writes ``CKPT.yaml`` (which makes a folder a checkpoint) first and the
+    recoverables' files after it, so a save cut short by a full disk or a kill leaves a
+    checkpoint that looks valid and crashes every later recovery. Here the files are written
+    first and ``CKPT.yaml`` last (atomically); if a file cannot be written the folder is
+    removed and :class:`CheckpointSaveError` names that file.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> checkpointer = SafeCheckpointer(folder, {"layer": layer})
+    >>> ckpt = checkpointer.save_checkpoint(meta={"ua": 50.0})
+    >>> sorted(p.name for p in ckpt.path.iterdir())
+    ['CKPT.yaml', 'layer.ckpt']
+    >>> checkpointer.recover_if_possible().meta["ua"]
+    50.0
+    """
+
+    @classmethod
+    def replacing(cls, checkpointer: Checkpointer) -> Checkpointer:
+        """A SafeCheckpointer with ``checkpointer``'s folder, recoverables and hooks.
+
+        A subclass of Checkpointer (a recipe's own) is returned unchanged.
+        """
+        if type(checkpointer) is not Checkpointer:
+            return checkpointer
+        safe = cls.__new__(cls)
+        safe.__dict__.update(checkpointer.__dict__)
+        return safe
+
+    def save_checkpoint(
+        self,
+        meta: dict | None = None,
+        end_of_epoch: bool = True,
+        name: str | None = None,
+        verbosity: int = logging.INFO,
+    ) -> Checkpoint | None:
+        """Save every recoverable, then ``CKPT.yaml``; see :meth:`Checkpointer.save_checkpoint`.
+
+        Raises
+        ------
+        CheckpointSaveError
+            A file could not be written (disk full, permission); nothing of this checkpoint
+            is left behind.
+        """
+        ckpt_dir = None
+        if if_main_process():
+            if name is None:
+                ckpt_dir = self._new_checkpoint_dirpath()
+            else:
+                ckpt_dir = self._custom_checkpoint_dirpath(name)
+            try:
+                os.makedirs(ckpt_dir, exist_ok=True)
+                # An existing checkpoint of that name stops being one before it is rewritten.
+                (ckpt_dir / METAFNAME).unlink(missing_ok=True)
+            except OSError as err:
+                raise CheckpointSaveError(err.errno, err.strerror, str(ckpt_dir)) from err
+        ckpt_dir = ddp_broadcast(ckpt_dir, src=0)
+        current = ckpt_dir
+        paramfiles = {}
+        complete = False  # CKPT.yaml written: from then on the checkpoint is whole
+        try:
+            for key, obj in self.recoverables.items():
+                current = ckpt_dir / f"{key}{PARAMFILE_EXT}"
+                paramfiles[key] = current
+                if key in self.custom_save_hooks:
+                    self.custom_save_hooks[key](obj, current)
+                    continue
+                hook = get_default_hook(obj, DEFAULT_SAVE_HOOKS)
+                if hook is None:
+                    raise RuntimeError(f"don't know how to save {type(obj).__name__}")
+                if hook is torch_save:
+                    _save_state_dict(obj, current)
+                else:
+                    hook(obj, current)
+            ddp_barrier()  # every process' files are written before the checkpoint exists
+            saved_meta = None
+            if if_main_process():
+                current = ckpt_dir / METAFNAME
+                saved_meta = {"unixtime": time.time(), "end-of-epoch": end_of_epoch}
+                saved_meta.update(meta or {})
+                with atomic_open(current) as fo:
+                    fo.write("# yamllint disable\n")
+                    fo.write(yaml.dump(saved_meta))
+                complete = True
+            # Every process sees the new checkpoint before any of them lists the checkpoints
+            # (delete_checkpoints calls a collective per deletion: the lists must agree).
+            ddp_barrier()
+        except (OSError, RuntimeError) as err:
+            if if_main_process():
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+            cause = err if isinstance(err, OSError) else err.__context__
+            if isinstance(cause, OSError) and cause.strerror:
+                problem = cause.strerror
+            else:
+                problem = _one_line(err)
+            raise CheckpointSaveError(
+                getattr(cause, "errno", None), f"{problem} (checkpoint not saved)", str(current)
+            ) from err
+        except BaseException:  # interrupted: the folder without CKPT.yaml is no checkpoint
+            if if_main_process() and not complete:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+            raise
+        if not if_main_process():
+            return None
+        kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
+        logging.getLogger("speechbrain.utils.checkpoints").log(
+            verbosity, f"Saved an {kind} checkpoint in {ckpt_dir}"
+        )
+        return Checkpoint(ckpt_dir, saved_meta, paramfiles)
+
+
+def _checkpoint_problem(ckpt_dir: Path) -> tuple[Path, str] | None:
+    """The first unreadable file of a checkpoint folder and why, or None if it is whole."""
+    meta_path = ckpt_dir / METAFNAME
+    if not meta_path.is_file():
+        return ckpt_dir, f"no {METAFNAME} (a save that did not finish)"
+    try:
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return meta_path, _one_line(err)
+    if not isinstance(meta, dict) or "end-of-epoch" not in meta:
+        return meta_path, "not a SpeechBrain checkpoint's meta data"
+    for path in sorted(ckpt_dir.glob(f"*{PARAMFILE_EXT}")):
+        try:
+            with open(path, "rb") as fh:
+                start = fh.read(4)
+        except OSError as err:
+            return path, err.strerror or _one_line(err)
+        if not start:
+            return path, "empty file"
+        archive = start == b"PK\x03\x04"  # torch.save's zip format
+        try:
+            # Memory-mapped: a large checkpoint (a fine-tuned encoder) is not read into memory.
+            torch.load(path, map_location="cpu", weights_only=True, mmap=archive)
+            continue
+        except Exception as err:  # noqa: BLE001 - any failure to load means a broken file
+            problem = _one_line(err)
+        if archive:  # a torch.save archive that does not load
+            return path, problem
+        try:  # a recoverable saved as text (e.g. the epoch counter)
+            path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return path, problem
+    return None
+
+
+def remove_broken_checkpoints(checkpoints_dir: str | os.PathLike) -> list[Path]:
+    """Remove the checkpoints of ``checkpoints_dir`` that cannot be loaded; returns their folders.
+
+    Every file of each ``CKPT+*`` folder must load (``torch.load(weights_only=True)``, or be
+    text for a recoverable saved as text) and its ``CKPT.yaml`` must parse; a folder without
+    ``CKPT.yaml`` is a save that never finished. Each removal is one warning line naming the
+    broken file, so that recovery falls back to the previous good checkpoint.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> checkpointer = SafeCheckpointer(folder, {"layer": torch.nn.Linear(2, 2)})
+    >>> good = checkpointer.save_checkpoint().path
+    >>> bad = checkpointer.save_checkpoint(name="cut").path
+    >>> _ = (bad / "layer.ckpt").write_bytes((bad / "layer.ckpt").read_bytes()[:100])
+    >>> [p.name for p in remove_broken_checkpoints(folder)], good.exists()
+    (['CKPT+cut'], True)
+    """
+    folder = Path(checkpoints_dir)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for ckpt_dir in sorted(folder.glob(f"{CKPT_PREFIX}+*")):
+        if not ckpt_dir.is_dir():
+            continue
+        found = _checkpoint_problem(ckpt_dir)
+        if found is None:
+            continue
+        path, problem = found
+        shutil.rmtree(ckpt_dir)
+        logger.warning(
+            "%s: %s; removed the broken checkpoint %s, the run resumes from the previous one",
+            path,
+            problem,
+            ckpt_dir.name,
+        )
+        removed.append(ckpt_dir)
+    return removed
+
+
 class EmotionBrain(sb.Brain):
     """Encoder (or cached encoder outputs) -> Qieemo head -> log-probabilities over emotions."""
 
@@ -111,8 +392,44 @@ class EmotionBrain(sb.Brain):
         labels = labels.squeeze(-1)
         loss = self.hparams.compute_cost(predictions, labels)
         if stage != sb.Stage.TRAIN:
+            finite = torch.isfinite(predictions).all(dim=-1)
+            if not bool(finite.all()):
+                bad = [utt for utt, ok in zip(batch.id, finite.tolist(), strict=True) if not ok]
+                if stage == sb.Stage.VALID:
+                    where = f"validation predictions in epoch {self._epoch()}"
+                else:
+                    where = "test predictions"
+                raise NonFiniteError(
+                    f"non-finite {where} for utterances "
+                    f"{', '.join(bad)} (non-finite features or audio, or a model that "
+                    "diverged); nothing was written for this stage"
+                )
             self.outputs.append((batch.id, predictions.exp().detach().cpu(), labels.cpu()))
         return loss
+
+    def _epoch(self) -> int:
+        return int(getattr(self.hparams.epoch_counter, "current", 0))
+
+    def fit_batch(self, batch):
+        """SpeechBrain's ``fit_batch``, remembering the batch's utterances for error messages."""
+        self._batch_ids = list(batch.id)
+        return super().fit_batch(batch)
+
+    def check_loss_isfinite(self, loss):
+        """Stop at the first non-finite training loss, naming the epoch and the utterances.
+
+        SpeechBrain skips up to ``nonfinite_patience`` such batches with a warning, but their
+        NaN still reaches the weights (or the input statistics), and the run then ends with a
+        NaN model and exit status 0.
+        """
+        if not bool(torch.isfinite(loss).all()):
+            ids = ", ".join(getattr(self, "_batch_ids", [])) or "unknown"
+            raise NonFiniteError(
+                f"the training loss is {float(loss.detach().float().reshape(-1)[0])} in epoch "
+                f"{self._epoch()}, batch {self.step} (utterances {ids}): non-finite features or "
+                "audio in these utterances, or a learning rate too high; training stopped, "
+                "nothing of this epoch was saved"
+            )
 
     def on_fit_start(self):
         super().on_fit_start()
@@ -197,6 +514,7 @@ def dataio_prepare(
     feature_paths: dict | None,
     speaker_stats: dict | None = None,
     train_variants: dict | None = None,
+    read_entry: Callable[[Path], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
     """DynamicItemDatasets for train/valid/test, sorted by duration for evaluation.
 
@@ -205,9 +523,13 @@ def dataio_prepare(
     given; otherwise the waveform ``sig``. ``train_variants`` (``{utterance id: [(voice, cache
     entry)]}``, e.g. speed-perturbed copies) makes the training set read one of an utterance's
     entries at random each time it is drawn; ``voice`` is appended to the speaker id to find its
-    statistics (``""`` for the original, ``"@90"`` for the copy played at 90 %).
+    statistics (``""`` for the original, ``"@90"`` for the copy played at 90 %). ``read_entry``
+    reads a cache entry as ``(blocks, ppg)`` (the cache's :meth:`FeatureCache.read_entry`, which
+    recomputes a damaged entry); by default ``torch.load(weights_only=True)``.
     """
     label_encoder = hparams["label_encoder"]
+    if read_entry is None:
+        read_entry = _load_entry
 
     @sb.utils.data_pipeline.takes("emo")
     @sb.utils.data_pipeline.provides("emo", "emo_encoded")
@@ -223,8 +545,7 @@ def dataio_prepare(
             if variants is not None and utt_id in variants:
                 choices = variants[utt_id]
                 voice, path = choices[int(torch.randint(len(choices), ()))]
-            stored = torch.load(path, map_location="cpu")
-            blocks, ppg = stored["blocks"], stored["ppg"]
+            blocks, ppg = read_entry(path)
             if speaker_stats is not None:
                 blocks, ppg = normalize_speaker(blocks, ppg, speaker_stats[speaker + voice])
             yield blocks.transpose(0, 1)  # (T, n_blocks, D): padded along time
@@ -278,6 +599,11 @@ def dataio_prepare(
     return datasets
 
 
+def _load_entry(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    return stored["blocks"], stored["ppg"]
+
+
 def _read_manifests(hparams: dict) -> dict:
     records = {}
     for split in ("train", "valid", "test"):
@@ -287,80 +613,376 @@ def _read_manifests(hparams: dict) -> dict:
 
 
 def write_predictions(rows: list, classes: list[str], path: str | os.PathLike) -> None:
-    """``utterance,true,predicted,<p(class)>...`` for every test utterance (temp file + rename)."""
+    """``utterance,true,predicted,<p(class)>...`` for every test utterance, written atomically.
+
+    Raises
+    ------
+    ValueError
+        If a probability is NaN or infinite (naming the utterance); nothing is written.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "predictions.csv"
+    >>> write_predictions([("u1", "sad", "sad", [0.25, 0.75])], ["happy", "sad"], path)
+    >>> path.read_text().splitlines()
+    ['utterance,true,predicted,happy,sad', 'u1,sad,sad,0.250000,0.750000']
+    >>> write_predictions([("u2", "sad", "sad", [float("nan"), 0.5])], ["happy", "sad"], path)
+    Traceback (most recent call last):
+        ...
+    ValueError: predictions.csv: utterance u2 has a non-finite probability (nan)
+    """
     path = Path(path)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, suffix=".tmp", delete=False, newline=""
-    ) as tmp:
-        writer = csv.writer(tmp)
+    for utt, _, _, probs in rows:
+        for p in probs:
+            if not math.isfinite(p):
+                raise ValueError(f"{path.name}: utterance {utt} has a non-finite probability ({p})")
+    with atomic_open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
         writer.writerow(["utterance", "true", "predicted", *classes])
         for utt, true, predicted, probs in rows:
             writer.writerow([utt, true, predicted, *(f"{p:.6f}" for p in probs)])
-    os.replace(tmp.name, path)
+
+
+SKIPPED_FILES = "skipped_files.csv"
+RUN_SETTINGS = "run_settings.json"
+
+
+def write_skipped_files(skipped: Sequence[dict], output_folder: str | os.PathLike) -> Path | None:
+    """``OUT/skipped_files.csv`` (``path,reason``) for the files data preparation skipped.
+
+    Returns its path, or None (and removes a stale list) when nothing was skipped.
+
+    Example
+    -------
+    >>> out = getfixture("tmp_path")
+    >>> listed = write_skipped_files([{"path": "/c/x.wav", "reason": "not audio"}], out)
+    >>> listed.read_text().splitlines()
+    ['path,reason', '/c/x.wav,not audio']
+    >>> write_skipped_files([], out), listed.exists()
+    (None, False)
+    """
+    path = Path(output_folder) / SKIPPED_FILES
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return None
+    with atomic_open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "reason"])
+        for item in skipped:
+            writer.writerow([item.get("path", ""), item.get("reason", "")])
+    return path
+
+
+_SPEAKER_NORM_REFUSED = (
+    "{}: speaker_norm standardises the cached block that the retrained encoder blocks read; "
+    "use it with --tune_blocks=0"
+)
+_WINDOW_REFUSED = (
+    "{}: the retrained encoder blocks need window: fit (with the 30 s window they would not "
+    "start from the pretrained blocks); use --tune_blocks=0"
+)
+
+
+def _placeholders(hparams_file: str, given: dict) -> list[str]:
+    """The ``!PLACEHOLDER`` settings of ``hparams_file`` that the overrides do not set."""
+    import ruamel.yaml
+
+    with open(hparams_file, encoding="utf-8") as fin:
+        tree = ruamel.yaml.YAML().load(fin)
+    return [
+        str(key)
+        for key, value in (tree or {}).items()
+        if getattr(getattr(value, "tag", None), "value", None) == "!PLACEHOLDER"
+        and key not in given
+    ]
+
+
+def _check_test_fold(fold: Any) -> None:
+    if fold is None or (isinstance(fold, str) and not fold.strip()):
+        raise RecipeError("--test_fold is empty: give a fold name, a 1-based fold index or none")
+    if (
+        isinstance(fold, bool)
+        or not isinstance(fold, (int, str))
+        or (isinstance(fold, int) and fold < 1)
+    ):
+        raise RecipeError(
+            f"--test_fold={fold}: test_fold takes a fold name, a 1-based fold index (1, 2, ...) "
+            f"or none, not {fold!r}"
+        )
+
+
+def check_run_settings(hparams_file: str, overrides: str | list[str]) -> tuple[dict, dict]:
+    """Refuse bad settings before anything is built; returns ``(settings, locations)``.
+
+    ``settings`` are :func:`~qieemo_lobes.run_settings.resolved_settings`; ``locations`` are
+    where the run reads and writes (``output_folder``, ``save_folder``, ``feature_cache``, ...).
+
+    Raises
+    ------
+    RecipeError
+        One line: an unknown override, a value of the wrong type or range, an unset
+        ``!PLACEHOLDER``, a wrong test fold, a missing data folder, a feature cache that cannot
+        be written.
+    """
+    import ruamel.yaml
+
+    try:
+        check_overrides(hparams_file, overrides)
+        every = resolved_settings(hparams_file, overrides, include_locations=True)
+        missing = _placeholders(hparams_file, overrides_to_dict(overrides))
+    except OSError as err:
+        raise RecipeError(_os_error(err)) from None
+    except (ValueError, KeyError, ruamel.yaml.YAMLError) as err:
+        raise RecipeError(f"{hparams_file}: {_one_line(err)}") from None
+    if missing:
+        raise RecipeError(
+            f"{hparams_file}: {', '.join(missing)} must be given, e.g. "
+            + " ".join(f"--{name}=..." for name in missing)
+        )
+    settings = resolved_settings(hparams_file, overrides)
+    locations = {k: v for k, v in every.items() if k not in settings}
+    if "test_fold" in settings:
+        _check_test_fold(settings["test_fold"])
+    try:
+        _speeds(settings)
+    except ValueError as err:
+        raise RecipeError(f"{hparams_file}: {err}") from None
+    if settings.get("tune_blocks"):  # retrained blocks read the cached block below them
+        if settings.get("speaker_norm"):
+            raise RecipeError(_SPEAKER_NORM_REFUSED.format(hparams_file))
+        if settings.get("window", "fit") != "fit":
+            raise RecipeError(_WINDOW_REFUSED.format(hparams_file))
+    sorting = settings.get("sorting", "random")
+    if sorting not in ("random", "ascending", "descending"):
+        raise RecipeError(f"--sorting={sorting}: sorting must be random, ascending or descending")
+    if "data_folder" in settings:
+        data = settings["data_folder"]
+        if not isinstance(data, str) or not data:
+            raise RecipeError("--data_folder is empty: give the corpus folder")
+        if not os.path.exists(data):
+            raise RecipeError(f"--data_folder={data}: no such file or folder")
+    if settings.get("use_feature_cache") and locations.get("feature_cache"):
+        _check_writable(Path(locations["feature_cache"]), "feature_cache", "feature cache folder")
+    for key in ("output_folder", "save_folder"):
+        if not isinstance(locations.get(key), str) or not locations[key]:
+            raise RecipeError(f"--{key} is empty")
+    return settings, locations
+
+
+def _check_writable(folder: Path, option: str, what: str) -> None:
+    """Refuse ``folder`` (set by ``--option``) if it cannot be written to, or created.
+
+    Nothing is created: the probe is a temporary file in ``folder`` or, when it does not exist
+    yet, in its nearest existing parent.
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise RecipeError(
+            f"--{option}={folder}: the {what} cannot be written "
+            f"({existing}: {err.strerror or _one_line(err)})"
+        ) from None
+
+
+def _previous_run(out: Path, save_folder: Path) -> bool:
+    """Whether ``out`` holds results of an earlier run: a checkpoint or test metrics."""
+    if (out / "test_metrics.json").exists():
+        return True
+    return save_folder.is_dir() and any(
+        p.is_dir() and p.name.startswith(f"{CKPT_PREFIX}+") for p in save_folder.iterdir()
+    )
+
+
+def _remove_previous_run(out: Path, locations: dict) -> None:
+    """``--overwrite``: the previous run's checkpoints, results and logs go."""
+    save_folder = Path(locations["save_folder"])
+    if save_folder.is_dir():
+        shutil.rmtree(save_folder)
+    names = ["test_metrics.json", "predictions.csv", "run_info.json", RUN_SETTINGS, "log.txt"]
+    names.append(SKIPPED_FILES)
+    paths = [out / name for name in names]
+    if locations.get("train_log"):
+        paths.append(Path(locations["train_log"]))
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def claim_output_folder(out: Path, settings: dict, locations: dict, overwrite: bool) -> str | None:
+    """Compare ``settings`` with the run already in ``out``; record them in ``run_settings.json``.
+
+    Same settings: the run resumes. Other settings, or a previous run that recorded none (an
+    older version of the recipe): :class:`RecipeError`, unless ``overwrite``, which removes that
+    run's checkpoints, results and logs first. Returns a note for the log, or None.
+    """
+    note = None
+    if _previous_run(out, Path(locations["save_folder"])):
+        recorded = read_settings_file(out / RUN_SETTINGS)
+        if overwrite:
+            _remove_previous_run(out, locations)
+            note = f"--overwrite: removed the previous run's checkpoints and results in {out}"
+        elif recorded is None:
+            raise RecipeError(
+                f"{out}: holds a previous run whose settings are unknown (no {RUN_SETTINGS}: "
+                "made by an older version of the recipe); use --overwrite to start over, or "
+                "another --output_folder"
+            )
+        else:
+            differences = settings_difference(recorded, settings)
+            if differences:
+                raise RecipeError(
+                    f"{out}: holds a previous run with other settings ({'; '.join(differences)});"
+                    " use --overwrite to start over, or another --output_folder"
+                )
+    write_json_atomic(settings, out / RUN_SETTINGS)
+    return note
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold ``FolderLock(out)`` in the main process (other DDP processes share its run)."""
+    if not if_main_process():
+        yield
+        return
+    with FolderLock(out):
+        yield
+
+
+_FEATURE_CACHE_ERRORS = getattr(features, "FeatureCacheError", ())
+
+
+class _Progress:
+    """How far the run got, for the wording of an error."""
+
+    training = False
 
 
 def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
     """Train and test one fold: the body of every emotion recipe's ``train.py``.
 
-    ``prepare`` is the corpus' ``prepare_<corpus>`` function. Returns the test metrics.
+    ``prepare`` is the corpus' ``prepare_<corpus>`` function. Returns the test metrics. Errors
+    end the process with one line on stderr: exit status 2 for bad input and files that cannot be
+    read or written, 1 for a non-finite loss, 130 when interrupted (Ctrl-C or SIGTERM).
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    progress = _Progress()
+    try:
+        with terminate_as_interrupt():
+            return _train_and_test(prepare, argv, progress)
+    except KeyboardInterrupt:
+        _exit("interrupted; rerun the same command to resume", 130)
+    except RecipeError as err:
+        _exit(f"error: {err}", err.code)
+    except FolderLockedError as err:
+        _exit(f"error: {err}", 2)
+    except _FEATURE_CACHE_ERRORS as err:  # one line naming the entry
+        _exit(f"error: {err}", 2)
+    except OSError as err:
+        resume = "; rerun the same command to resume" if progress.training else ""
+        _exit(f"error: {_os_error(err)}{resume}", 2)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _exit(message: str, code: int) -> None:
+    logger.debug(message)  # in log.txt when logging is set up
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def _train_and_test(prepare: Callable, argv: list[str], progress: _Progress) -> dict:
+    overwrite = any(arg in RECIPE_FLAGS for arg in argv)
+    argv = [arg for arg in argv if arg not in RECIPE_FLAGS]
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    settings, locations = check_run_settings(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file) as fin:
-        try:
-            hparams = load_hyperpyyaml(fin, overrides)
-            speeds = _speeds(hparams)
-        except ValueError as err:  # a setting refused (e.g. blocks out of range)
-            raise SystemExit(f"error: {hparams_file}: {err}") from None
+    out = Path(locations["output_folder"])
+    with _locked(out):
+        note = None
+        if if_main_process():
+            note = claim_output_folder(out, settings, locations, overwrite)
+        ddp_barrier()
+        return _run(
+            prepare, hparams_file, run_opts, overrides, {**settings, **locations}, note, progress
+        )
+
+
+def _run(
+    prepare: Callable,
+    hparams_file: str,
+    run_opts: dict,
+    overrides: str,
+    prepare_args: dict,
+    note: str | None,
+    progress: _Progress,
+) -> dict:
+    """The run itself, once its settings are checked and its output folder is claimed."""
     sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
+        experiment_directory=prepare_args["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    if note:
+        logger.info(note)
     summary = {}
 
     def _prepare():
         summary.update(
             prepare(
-                hparams["data_folder"],
-                hparams["train_annotation"],
-                hparams["valid_annotation"],
-                hparams["test_annotation"],
-                test_fold=hparams["test_fold"],
-                valid_split=hparams["valid_split"],
-                valid_ratio=hparams["valid_ratio"],
-                classes=hparams["classes"],
-                seed=hparams["seed"],
+                prepare_args["data_folder"],
+                prepare_args["train_annotation"],
+                prepare_args["valid_annotation"],
+                prepare_args["test_annotation"],
+                test_fold=prepare_args["test_fold"],
+                valid_split=prepare_args["valid_split"],
+                valid_ratio=prepare_args["valid_ratio"],
+                classes=prepare_args["classes"],
+                seed=prepare_args["seed"],
             )
         )
 
-    run_on_main(_prepare)
+    try:
+        run_on_main(_prepare)
+    except ValueError as err:  # LayoutError, a wrong test fold, a split that cannot be made
+        raise RecipeError(_one_line(err)) from None
+    if if_main_process():
+        listed = write_skipped_files(summary.get("skipped") or [], prepare_args["output_folder"])
+        if listed is not None:
+            n = summary.get("n_skipped", len(summary["skipped"]))
+            logger.info("preparation skipped %d files (list: %s)", n, listed)
+    progress.training = True
+
+    with open(hparams_file, encoding="utf-8") as fin:
+        try:
+            hparams = load_hyperpyyaml(fin, overrides)
+        except ValueError as err:  # a setting refused by a lobe (e.g. blocks out of range)
+            raise RecipeError(f"{hparams_file}: {_one_line(err)}") from None
+    speeds = _speeds(hparams)
     if "pretrainer" in hparams:  # e.g. the stage-1 ASR checkpoint of ConformerBlocks
         run_on_main(hparams["pretrainer"].collect_files)
         hparams["pretrainer"].load_collected()
 
     modules = {"head": hparams["head"]}
-    feature_paths = speaker_stats = train_variants = None
+    feature_paths = speaker_stats = train_variants = read_entry = None
     tuner = getattr(hparams["head"], "block_tuner", None)
     if getattr(tuner, "n_blocks", 0):  # retrained blocks read the cached block below them
         if hparams.get("speaker_norm", False):
             # The normalisation would standardise that block, far from the inputs their
             # pretrained weights expect.
-            raise SystemExit(
-                f"error: {hparams_file}: speaker_norm standardises the cached block that the "
-                "retrained encoder blocks read; use it with --tune_blocks=0"
-            )
+            raise RecipeError(_SPEAKER_NORM_REFUSED.format(hparams_file))
         if getattr(hparams["encoder"], "window", "fit") != "fit":
             # With the 30 s window the encoder's blocks also attend to the padding, which the
             # retrained blocks (recomputed from the clip's own frames) never see.
-            raise SystemExit(
-                f"error: {hparams_file}: the retrained encoder blocks need window: fit (with the "
-                "30 s window they would not start from the pretrained blocks); use --tune_blocks=0"
-            )
+            raise RecipeError(_WINDOW_REFUSED.format(hparams_file))
     if hparams["use_feature_cache"]:
         if not hparams["freeze_encoder"]:
-            raise SystemExit(f"error: {hparams_file}: use_feature_cache needs freeze_encoder: True")
+            raise RecipeError(f"{hparams_file}: use_feature_cache needs freeze_encoder: True")
         cache = FeatureCache(hparams["encoder"], hparams["feature_cache"])
+        read_entry = cache.read_entry
         records = _read_manifests(hparams)
         run_on_main(cache.precompute, kwargs={"utterances": records})
         feature_paths = cache.precompute(records, progress=False)  # all cached now: paths only
@@ -389,15 +1011,16 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
             speaker_stats = speaker_statistics(entries, speaker_of)
     else:
         if hparams.get("speaker_norm", False):
-            raise SystemExit(
-                f"error: {hparams_file}: speaker_norm needs the feature cache "
-                "(use_feature_cache: True)"
+            raise RecipeError(
+                f"{hparams_file}: speaker_norm needs the feature cache (use_feature_cache: True)"
             )
         modules["encoder"] = hparams["encoder"]
         if not hparams["freeze_encoder"]:  # fine-tuned weights: saved with the head, resumed
             hparams["checkpointer"].add_recoverable("encoder", hparams["encoder"])
 
-    datasets = dataio_prepare(hparams, feature_paths, speaker_stats, train_variants)
+    datasets = dataio_prepare(hparams, feature_paths, speaker_stats, train_variants, read_entry)
+    hparams["checkpointer"] = SafeCheckpointer.replacing(hparams["checkpointer"])
+    run_on_main(remove_broken_checkpoints, args=[hparams["checkpointer"].checkpoints_dir])
     brain = EmotionBrain(
         modules=modules,
         opt_class=hparams["opt_class"],
@@ -429,25 +1052,30 @@ def run_training(prepare: Callable, argv: list[str] | None = None) -> dict:
     }
     if if_main_process():
         out = Path(hparams["output_folder"])
-        if brain.test_rows:
-            write_predictions(brain.test_rows, list(hparams["classes"]), out / "predictions.csv")
-        plain = (str, int, float, bool, type(None))
-        write_json_atomic(
-            {
-                "dataset": summary.get("corpus", "unknown"),
-                "backbone": getattr(
-                    hparams["encoder"], "identity", type(hparams["encoder"]).__name__
-                ),
-                "hparams": {
-                    k: v
-                    for k, v in hparams.items()
-                    if isinstance(v, plain)
-                    or (isinstance(v, list) and all(isinstance(i, plain) for i in v))
+        try:
+            if brain.test_rows:
+                write_predictions(
+                    brain.test_rows, list(hparams["classes"]), out / "predictions.csv"
+                )
+            plain = (str, int, float, bool, type(None))
+            write_json_atomic(
+                {
+                    "dataset": summary.get("corpus", "unknown"),
+                    "backbone": getattr(
+                        hparams["encoder"], "identity", type(hparams["encoder"]).__name__
+                    ),
+                    "hparams": {
+                        k: v
+                        for k, v in hparams.items()
+                        if isinstance(v, plain)
+                        or (isinstance(v, list) and all(isinstance(i, plain) for i in v))
+                    },
                 },
-            },
-            out / "run_info.json",
-        )
-        # Written last: its presence marks the run as finished (cross-validation, export).
-        # Without a test fold it holds the split sizes only.
-        write_json_atomic(result, out / "test_metrics.json")
+                out / "run_info.json",
+            )
+            # Written last: its presence marks the run as finished (cross-validation, export).
+            # Without a test fold it holds the split sizes only.
+            write_json_atomic(result, out / "test_metrics.json")
+        except ValueError as err:  # a non-finite number: never written as NaN
+            raise NonFiniteError(f"{out}: {_one_line(err)}; nothing more was written") from None
     return result

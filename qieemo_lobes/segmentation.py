@@ -12,7 +12,10 @@ Detectors (``method``)
     ``"auto"`` (default): Silero where the package is installed and runs, else energy.
 
 Energy detector
-    Frame levels are RMS dB re full scale (32 ms frames). After the pass, a threshold is set from
+    Frame levels are RMS dB re full scale of 32 ms frames whose DC offset and linear trend are
+    removed first (:func:`qieemo_lobes.audio.frame_dbfs`), so that a recorder's DC offset is not
+    taken for sound (a constant offset would otherwise make the whole file one level, and every
+    frame "speech"). After the pass, a threshold is set from
     the file's own level distribution: ``max(noise + (loud - noise) / 2, loud - 30 dB, -60 dB)``
     with ``noise`` the 10th and ``loud`` the 98th percentile of the frame levels; the per-frame
     score is ``sigmoid((level - threshold) / 3 dB)``, so the Silero thresholds apply unchanged.
@@ -55,7 +58,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from qieemo_lobes.audio import SILENCE_DBFS, stream_audio
+from qieemo_lobes.audio import SILENCE_DBFS, frame_dbfs, stream_audio
 
 __all__ = [
     "FRAME_S",
@@ -239,9 +242,10 @@ def frame_scores(
 
 
 def _levels_db(frames: torch.Tensor) -> np.ndarray:
-    power = frames.double().square().mean(dim=1).numpy()
-    with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(power)
+    """Level of each row of ``frames`` (one frame each), without its DC offset and trend."""
+    return frame_dbfs(
+        frames.reshape(-1).numpy(), SAMPLE_RATE, frame_s=frames.shape[1] / SAMPLE_RATE
+    )
 
 
 def _score_frames(model, frames: torch.Tensor, path, method: str) -> list[float] | None:

@@ -18,7 +18,10 @@ retrain some upper blocks over the feature cache with :class:`WhisperBlockTuner`
 Weights, for an offline alias (``"whisper-base"``, ``"whisper-tiny.en"``): the Hugging Face folder
 that :func:`~qieemo_lobes.ct2_whisper.resolve_source` converted once into the cache (read with
 ``safetensors``, ~10 ms); when that folder is missing, the CTranslate2 ``model.bin`` of the weight
-package itself (~0.2-0.5 s, identical values). Neither path imports ``transformers``.
+package itself (~0.2-0.5 s, identical values). Neither path imports ``transformers``. A converted
+folder that is damaged (unreadable, cut short, non-finite weights) is rebuilt once from the weight
+package with one warning line (this conversion does import ``transformers``), and a damaged
+weight package raises :class:`~qieemo_lobes.ct2_whisper.WeightsCorruptError` naming its file.
 A local Hugging Face Whisper folder (``config.json`` + ``model.safetensors``) also loads.
 
 Example
@@ -43,11 +46,13 @@ from torch import Tensor, nn
 
 from qieemo_lobes.ct2_whisper import (
     OFFLINE_MODELS,
-    _ConcatenatedFiles,
-    _package_file,
-    alias_fingerprint,
+    WeightsCorruptError,
+    converted_dir,
     default_cache_dir,
-    read_ct2_model,
+    discard_converted,
+    package_file,
+    read_alias_weights,
+    resolve_source,
 )
 from qieemo_lobes.encoders import (
     SAMPLE_RATE,
@@ -193,7 +198,7 @@ class AudioEncoder(nn.Module):
 
 def _converted_dir(alias: str, cache: Path) -> Path:
     """Where :func:`~qieemo_lobes.ct2_whisper.resolve_source` converts ``alias`` (same rule)."""
-    return cache / "hf" / f"{alias}-{alias_fingerprint(alias)}"
+    return converted_dir(alias, cache)
 
 
 def _from_hf(tensors: dict[str, Tensor], n_head: int) -> tuple[dict[str, Tensor], dict]:
@@ -298,12 +303,43 @@ def _read_safetensors(folder: Path) -> tuple[dict[str, Tensor], dict]:
 
 
 def _read_ct2(alias: str) -> tuple[dict[str, Tensor], dict]:
-    stream = _ConcatenatedFiles([_package_file(f) for f in OFFLINE_MODELS[alias]["files"]])
     try:
-        _, variables = read_ct2_model(stream)
-    finally:
-        stream.close()
-    return _from_ct2(variables)
+        return _from_ct2(read_alias_weights(alias))
+    except KeyError as err:  # a variable the encoder needs is not in the file
+        files = ", ".join(str(package_file(f)) for f in OFFLINE_MODELS[alias]["files"])
+        raise WeightsCorruptError(f"{files}: corrupt Whisper weights (no {err})") from None
+
+
+def _read_converted(folder: Path) -> tuple[dict[str, Tensor], dict]:
+    """:func:`_read_safetensors`, raising ``ValueError`` with a short reason on any damage
+    (unreadable files, missing tensors, non-finite weights)."""
+    try:
+        state, sizes = _read_safetensors(folder)
+    except Exception as err:  # SafetensorError, OSError, JSON and key errors: a damaged folder
+        raise ValueError(" ".join(str(err).split()) or type(err).__name__) from None
+    bad = [key for key, value in state.items() if not bool(torch.isfinite(value).all())]
+    if bad:
+        raise ValueError(f"NaN or infinite weights in model.safetensors ({bad[0]})")
+    return state, sizes
+
+
+def _load_alias(alias: str, cache: Path) -> tuple[dict[str, Tensor], dict]:
+    """An offline alias: its converted folder when there is one, else the weight package.
+
+    A converted folder that cannot be read is rebuilt once (one warning line) and read again.
+    """
+    folder = _converted_dir(alias, cache)
+    if not folder.exists():
+        return _read_ct2(alias)  # never converts here: that would import transformers
+    try:
+        return _read_converted(folder)
+    except ValueError as err:
+        discard_converted(alias, folder, str(err))
+    resolve_source(alias, cache)
+    try:
+        return _read_converted(folder)
+    except ValueError as err:
+        raise WeightsCorruptError(f"{folder}: unreadable even after rebuilding ({err})") from None
 
 
 def load_encoder_state(source: str, cache: Path | None = None) -> tuple[dict[str, Tensor], dict]:
@@ -319,10 +355,7 @@ def load_encoder_state(source: str, cache: Path | None = None) -> tuple[dict[str
     (4, 384, (1152, 384))
     """
     if source in OFFLINE_MODELS:
-        folder = _converted_dir(source, cache or default_cache_dir())
-        if (folder / "model.safetensors").is_file():
-            return _read_safetensors(folder)
-        return _read_ct2(source)
+        return _load_alias(source, cache or default_cache_dir())
     folder = Path(source).expanduser()
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
         return _read_safetensors(folder)

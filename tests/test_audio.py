@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +19,12 @@ import torch
 from qieemo_lobes.audio import (
     AUDIO_EXTENSIONS,
     SILENCE_DBFS,
+    SILENCE_PROBLEM,
     AudioError,
     AudioTooLongError,
     audio_extensions,
     audio_info,
+    check_audio,
     find_audio,
     load_audio,
     stream_audio,
@@ -153,6 +158,85 @@ def test_quiet_but_audible_is_not_silence(tmp_path: Path):
     amp = math.sqrt(2) * 10 ** ((SILENCE_DBFS + 6) / 20)
     sf.write(tmp_path / "q.wav", tone(1, 16000, amp=amp), 16000, subtype="PCM_24")
     assert load_audio(tmp_path / "q.wav").shape == (16000,)
+
+
+@pytest.mark.parametrize("kind", ["constant_0.5", "dc_0.2_noise_-70dBFS", "drifting_offset"])
+def test_dc_offset_without_sound_is_silence(tmp_path: Path, kind: str):
+    """An offset is no sound: only what is left once it is removed counts as level."""
+    sr = 16000
+    t = np.arange(3 * sr) / sr
+    x = {
+        "constant_0.5": np.full(3 * sr, 0.5),
+        "dc_0.2_noise_-70dBFS": 0.2 + 3e-4 * rng().standard_normal(3 * sr),
+        "drifting_offset": 0.1 + 0.1 * t + 1e-4 * rng().standard_normal(3 * sr),
+    }[kind]
+    sf.write(tmp_path / "dc.wav", x, sr, subtype="PCM_16" if kind == "constant_0.5" else "FLOAT")
+    assert problem_of(tmp_path / "dc.wav").problem == SILENCE_PROBLEM
+    with pytest.raises(AudioError, match="silence only"):
+        check_audio(tmp_path / "dc.wav")
+
+
+QUIET_SPEECH = ["emodb", "emodb_-40dB", "emodb_-40dB_dc_0.3"] + [
+    f"examples/{p.name}" for p in sorted((REPO_ROOT / "examples").glob("*.wav"))
+]
+
+
+@pytest.mark.parametrize("kind", QUIET_SPEECH)
+def test_speech_is_not_silence(tmp_path: Path, emodb_dir: Path, kind: str):
+    """Real speech passes the silence check, quiet (40 dB down) or on an offset."""
+    if kind.startswith("examples/"):
+        path = REPO_ROOT / kind
+    else:
+        x, sr = sf.read(emodb_dir / "03a01Fa.wav")
+        gain = 0.01 if "-40dB" in kind else 1.0
+        offset = 0.3 if "dc" in kind else 0.0
+        path = tmp_path / "speech.wav"
+        sf.write(path, gain * x + offset, sr, subtype="FLOAT")
+    assert check_audio(path) == pytest.approx(audio_info(path).duration)
+
+
+def test_fifo_and_devices_are_not_read(tmp_path: Path):
+    """A FIFO or a character device is refused from ``stat`` alone, never opened (a FIFO
+    without a writer would block; ``/dev/zero`` never ends)."""
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:  # should anything open the FIFO to read anyway: fail, do not hang
+        with contextlib.suppress(OSError):  # ENXIO: nobody is reading, all is well
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    rescue = threading.Timer(10.0, unblock)
+    rescue.start()
+    try:
+        for read in (load_audio, check_audio, audio_info, lambda p: list(stream_audio(p))):
+            with pytest.raises(AudioError) as info:
+                read(fifo)
+            assert info.value.problem == "not a regular file (FIFO)"
+            with pytest.raises(AudioError) as info:
+                read("/dev/zero")
+            assert info.value.problem == "not a regular file (character device)"
+    finally:
+        rescue.cancel()
+
+
+def test_unsearchable_folder_is_reported(tmp_path: Path, monkeypatch):
+    sf.write(tmp_path / "a.wav", speechlike(0.5, 16000), 16000)
+    locked = tmp_path / "locked"
+    (locked / "deeper").mkdir(parents=True)
+    sf.write(locked / "deeper" / "b.wav", speechlike(0.5, 16000), 16000)
+    scandir = os.scandir
+
+    def scandir_as_non_root(path="."):  # tests run as root, who can read any folder
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_as_non_root)
+    problem = "cannot search this folder (permission denied)"
+    files, errors = find_audio([tmp_path])
+    assert files == [str(tmp_path / "a.wav")] and errors == [(str(locked), problem)]
+    # The folder given itself: one error, not also "no audio files in directory".
+    assert find_audio([locked]) == ([], [(str(locked), problem)])
 
 
 def test_corrupt_random_bytes(tmp_path: Path):

@@ -59,8 +59,9 @@ def recipes() -> dict[str, ModuleType]:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_audio(path: Path, seconds: float = 0.05, sr: int = 16000) -> Path:
-    """A tiny real audio file; the format follows the suffix (.wav or .flac)."""
+def write_audio(path: Path, seconds: float = 0.2, sr: int = 16000) -> Path:
+    """A tiny real audio file (a 220 Hz tone: neither too short nor silent, so ``classify``
+    would take it); the format follows the suffix (.wav or .flac)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n = int(round(seconds * sr))
     signal = 0.1 * np.sin(2 * np.pi * 220 * np.arange(n) / sr).astype("float32")
@@ -296,7 +297,7 @@ def test_iemocap_summary(tmp_path, recipes):
     assert (rec.speaker, rec.label, rec.fold) == ("Ses01M", "happy", "Session1")
     assert ids["Ses02F_impro01_F001"].label == "happy"  # exc -> happy
     assert ids["Ses01F_impro01_F000"].label == "neutral"  # not the decoy's 'ang'
-    assert rec.duration == pytest.approx(0.05)
+    assert rec.duration == pytest.approx(0.2)
     assert rec.wav == str(root / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M000.wav")
     # the parent of IEMOCAP_full_release is accepted too
     assert recipes["iemocap"].list_utterances(tmp_path).summary()["n_utterances"] == 21
@@ -346,8 +347,8 @@ def test_emodb_summary(tmp_path, recipes, subfolder):
     assert set(reasons) == {"03a05Xa.wav", "readme.wav", "09b03Wa.wav", "08b02Na.wav"}
     assert "emotion letter" in reasons["03a05Xa.wav"]
     assert "pattern" in reasons["readme.wav"]
-    assert reasons["09b03Wa.wav"].startswith("unreadable audio")
-    assert reasons["08b02Na.wav"] == "zero-length audio"
+    assert reasons["09b03Wa.wav"] == "not an audio file (text content)"
+    assert reasons["08b02Na.wav"] == "no audio samples (zero length)"
     assert {r.utt_id: r.label for r in scan.records} == EMODB_GOOD
     assert all(Path(r.wav).parent == audio for r in scan.records)
     check_every_fold(scan.records)
@@ -433,7 +434,7 @@ def test_cremad_summary(tmp_path, recipes):
     }  # fmt: skip
     reasons = {Path(s["path"]).name: s["reason"] for s in summary["skipped"]}
     assert reasons == {
-        "1003_IEO_SAD_HI.wav": "zero-length audio",
+        "1003_IEO_SAD_HI.wav": "no audio samples (zero length)",
         "1002_DFA_XYZ_XX.wav": "unknown CREMA-D emotion code XYZ",
     }
     assert {r.utt_id: r.label for r in scan.records} == CREMAD_GOOD
@@ -468,7 +469,7 @@ def test_urdu_summary(tmp_path, recipes):
     reasons = {Path(s["path"]).name: s["reason"] for s in summary["skipped"]}
     assert set(reasons) == {"SM2_F3_H009.wav", "happy_clip.wav", "SM1_F1_A099.wav"}
     assert "disagrees with folder Sad" in reasons["SM2_F3_H009.wav"]
-    assert reasons["SM1_F1_A099.wav"].startswith("unreadable audio")
+    assert reasons["SM1_F1_A099.wav"] == "not a readable audio file (corrupt or unknown format)"
     # parent folder accepted
     assert recipes["urdu"].list_utterances(tmp_path).summary()["n_utterances"] == 14
     check_every_fold(scan.records)
@@ -488,7 +489,7 @@ def test_urdu_summary(tmp_path, recipes):
 
 def make_custom(root: Path, columns: str, rows: list[str]) -> Path:
     for i in range(20):
-        write_audio(root / "audio" / f"clip{i:02d}.wav", seconds=0.1)
+        write_audio(root / "audio" / f"clip{i:02d}.wav", seconds=0.5)
     csv_path = root / "corpus.csv"
     csv_path.write_text(columns + "\n" + "\n".join(rows) + "\n")
     return csv_path
@@ -549,23 +550,106 @@ def test_custom_stratified_not_speaker_independent(tmp_path, recipes):
 
 def test_custom_segments_and_bad_header(tmp_path, recipes):
     rows = [
-        "audio/clip00.wav,sad,a,0.02,0.07",
-        "audio/clip00.wav,happy,a,0.07,0.1",
-        "audio/clip01.wav,sad,b,0.05,0.5",  # past the end of a 0.1 s file
-        "audio/clip02.wav,sad,b,x,0.05",
+        "audio/clip00.wav,sad,a,0.1,0.35",
+        "audio/clip00.wav,happy,a,0.35,0.5",
+        "audio/clip01.wav,sad,b,0.25,0.9",  # past the end of a 0.5 s file
+        "audio/clip02.wav,sad,b,x,0.25",
     ]
     make_custom(tmp_path, "path,label,speaker,start,stop", rows)
     scan = recipes["custom"].list_utterances(tmp_path)
     entries = {r.utt_id: r.to_json() for r in scan.records}
     assert set(entries) == {"clip00_r2", "clip00_r3"}
-    assert entries["clip00_r2"]["start"] == 0.02 and entries["clip00_r2"]["stop"] == 0.07
-    assert entries["clip00_r2"]["duration"] == pytest.approx(0.05)
+    assert entries["clip00_r2"]["start"] == 0.1 and entries["clip00_r2"]["stop"] == 0.35
+    assert entries["clip00_r2"]["duration"] == pytest.approx(0.25)
     reasons = sorted(s["reason"] for s in scan.skipped)
-    assert reasons[0].startswith("segment 0.05-0.5 s outside")
+    assert reasons[0].startswith("segment 0.25-0.9 s outside")
     assert reasons[1].startswith("start/stop are not numbers")
     (tmp_path / "corpus.csv").write_text("file,emotion\naudio/clip00.wav,sad\n")
     with pytest.raises(LayoutError, match="header path,label"):
         recipes["custom"].list_utterances(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio that classify refuses never reaches a split
+# ---------------------------------------------------------------------------------------------
+
+
+def tone(seconds: float, sr: int = 16000) -> np.ndarray:
+    return (0.1 * np.sin(2 * np.pi * 220 * np.arange(int(round(seconds * sr))) / sr)).astype(
+        "float32"
+    )
+
+
+def write_refused(path: Path, problem: str) -> Path:
+    """A wav that ``classify`` refuses: one NaN sample, 200 samples, cut short, or silence."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if problem == "nan":
+        samples = tone(1.0)
+        samples[8000] = np.nan  # one bad sample made a whole model NaN (issue 12)
+        sf.write(path, samples, 16000, subtype="FLOAT")
+    elif problem == "short":
+        sf.write(path, tone(1.0)[:200], 16000)
+    elif problem == "truncated":
+        sf.write(path, tone(1.0), 16000, subtype="PCM_16")
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # the header still declares the whole second
+    elif problem == "silent":
+        sf.write(path, np.zeros(16000, dtype="float32"), 16000)
+    return path
+
+
+REFUSED = {  # problem: (EmoDB file name, reason)
+    "nan": ("03a02Wb.wav", "contains NaN or infinite samples"),
+    "short": ("08a03Fa.wav", "too short (0.013 s; at least 0.1 s of audio needed)"),
+    "truncated": ("09a05Nb.wav", "truncated audio file (header declares 32000 data bytes"),
+    "silent": ("03a04Tc.wav", "silence only"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(REFUSED))
+def test_audio_classify_refuses_is_skipped_from_every_split(tmp_path, recipes, problem):
+    name, reason = REFUSED[problem]
+    root = make_emodb(tmp_path / "emodb")
+    write_refused(root / "wav" / name, problem)
+    scan = recipes["emodb"].list_utterances(root)
+    reasons = {Path(s["path"]).name: s["reason"] for s in scan.summary()["skipped"]}
+    assert reasons[name].startswith(reason), reasons[name]
+    assert {r.utt_id: r.label for r in scan.records} == EMODB_GOOD
+    out = tmp_path / "out"
+    paths = [out / f"{split}.json" for split in ("train", "valid", "test")]
+    for fold in fold_names(scan.records):  # every split of every fold
+        recipes["emodb"].prepare_emodb(root, *paths, test_fold=fold, valid_ratio=0.2)
+        listed = set().union(*(json.loads(p.read_text()) for p in paths))
+        assert listed == set(EMODB_GOOD)
+
+
+def test_segments_are_checked_on_their_own_samples(tmp_path, recipes):
+    """IEMOCAP-style turns of one recording: a silent, too short or NaN turn is skipped, the
+    turns around it are kept; a truncated recording loses every turn."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    dialogue = np.concatenate([tone(0.5), np.zeros(8000, dtype="float32"), tone(0.5)])
+    dialogue[int(1.25 * 16000)] = np.inf
+    sf.write(audio / "dialogue.wav", dialogue, 16000, subtype="FLOAT")
+    write_refused(audio / "cut.wav", "truncated")
+    rows = [
+        "audio/dialogue.wav,sad,a,0.0,0.5",  # speech: kept
+        "audio/dialogue.wav,happy,b,0.5,1.0",  # silence only
+        "audio/dialogue.wav,sad,a,0.2,0.25",  # 0.05 s: too short
+        "audio/dialogue.wav,happy,b,1.0,1.5",  # holds the inf sample
+        "audio/dialogue.wav,happy,b,0.4,0.6",  # speech then silence: kept
+        "audio/cut.wav,sad,a,0.0,0.2",  # inside the part that is there, but the file is cut
+    ]
+    (tmp_path / "corpus.csv").write_text("path,label,speaker,start,stop\n" + "\n".join(rows))
+    scan = recipes["custom"].list_utterances(tmp_path)
+    kept = {(r.start, r.stop): r.duration for r in scan.records}
+    assert kept == {(0.0, 0.5): pytest.approx(0.5), (0.4, 0.6): pytest.approx(0.2)}
+    reasons = sorted(s["reason"] for s in scan.skipped)
+    assert reasons[0] == "segment 0.2-0.25 s: too short (0.050 s; at least 0.1 s of audio needed)"
+    assert reasons[1] == "segment 0.5-1.0 s: silence only (no speech to classify)"
+    assert reasons[2] == "segment 1.0-1.5 s: contains NaN or infinite samples"
+    assert reasons[3].startswith("truncated audio file (")
+    assert len(reasons) == 4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -141,6 +141,18 @@ def test_silence_and_unreadable_input(tmp_path: Path):
         segment_speech(tmp_path / "missing.wav")
 
 
+def test_energy_detector_ignores_a_dc_offset(tmp_path: Path, espeak_sequence):
+    """An offset is no sound: alone it is no speech, under speech it changes no segment."""
+    rng = np.random.default_rng(0)
+    offset = 0.25 + 3e-4 * rng.standard_normal(35 * 16000)  # 35 s of offset and -70 dB noise
+    sf.write(tmp_path / "offset.wav", offset, 16000, subtype="FLOAT")
+    assert segment_speech(tmp_path / "offset.wav", method="energy") == []
+    path, truth = espeak_sequence
+    x, sr = sf.read(path)
+    sf.write(tmp_path / "speech_on_offset.wav", x + 0.25, sr, subtype="FLOAT")
+    match(segment_speech(tmp_path / "speech_on_offset.wav", method="energy"), truth)
+
+
 # ------------------------------------------------------------------------------------------------
 # Segment rules
 

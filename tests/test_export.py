@@ -1,0 +1,175 @@
+"""python -m qieemo_lobes.export: never over a folder it was not asked to replace, never a
+broken head.
+
+Every test reuses the tiny whisper-tiny.en run trained once per session by
+``tests.test_interfaces.tiny_run`` (the ``exported`` fixture).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from qieemo_lobes.classify import DEFAULT_MODEL_DIR
+from qieemo_lobes.export import main
+from tests.conftest import REPO_ROOT
+from tests.test_interfaces import _best_checkpoint, exported  # noqa: F401 (module fixture)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_export_refuses_a_non_empty_folder_unless_forced(exported, tmp_path, capsys):  # noqa: F811
+    """The issue: exporting over the shipped default model replaced it and deleted its card."""
+    run, _ = exported
+    target = tmp_path / "default_model"
+    shutil.copytree(DEFAULT_MODEL_DIR, target)
+    before = _files(target)
+    assert main([str(run), str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"export: {target.absolute()}: exists and is not empty (an earlier export); pass --force "
+        "to replace it whole, files the export does not write (MODEL_CARD.md...) included"
+    ]
+    assert _files(target) == before  # untouched, MODEL_CARD.md included
+
+    assert main([str(run), str(target), "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "removed: MODEL_CARD.md" in out
+    best = _best_checkpoint(run)
+    assert (target / "head.ckpt").read_bytes() == (best / "head.ckpt").read_bytes()
+    assert json.loads((target / "metadata.json").read_text())["source_run"] == str(run)
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    assert main([str(run), str(other), "--force"]) == 2  # not an export: never replaced
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not an exported model" in err[0] and str(other) in err[0]
+    assert _files(other) == {"keep.txt": b"mine"}
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(run), str(empty)]) == 0  # an empty folder needs no --force
+    assert (empty / "head.ckpt").is_file()
+    assert _leftovers(tmp_path) == []
+
+
+def _damage(head: Path, damage: str) -> None:
+    if damage.startswith("cut_"):
+        head.write_bytes(head.read_bytes()[: int(damage[4:])])
+        return
+    state = torch.load(head, weights_only=True)
+    if damage in ("nan", "inf"):
+        key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+        state[key].view(-1)[1] = float(damage)
+    elif damage == "missing_key":
+        del state[next(iter(state))]
+    elif damage == "pickled":
+        state = {**state, "hook": shutil.rmtree}
+    torch.save(state, head)
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("cut_1000", ": truncated or corrupt checkpoint (PytorchStreamReader"),
+        ("cut_0", ": truncated or corrupt checkpoint (EOFError)"),
+        ("nan", " holds NaN or infinite weights (training diverged)"),
+        ("inf", " holds NaN or infinite weights (training diverged)"),
+        ("missing_key", ": does not fit the run's head (Missing key(s) in state_dict"),
+        ("pickled", ": holds Python objects, not only tensors"),
+    ],
+)
+def test_export_refuses_a_broken_head_before_writing(
+    exported,  # noqa: F811
+    tmp_path,
+    capsys,
+    damage,
+    problem,
+):
+    """A 1000-byte head.ckpt exported with exit 0; so did a diverged (NaN) head, which then
+    labelled every clip "angry" with confidence NaN."""
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run, symlinks=True)
+    head = _best_checkpoint(run) / "head.ckpt"
+    _damage(head, damage)
+    target = tmp_path / "model"
+    assert main([str(run), str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"export: {head}{problem}"), err
+    assert not target.exists() and _leftovers(tmp_path) == []
+
+
+def test_export_refuses_a_damaged_label_encoder(exported, tmp_path, capsys):  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run, symlinks=True)
+    labels = run / "save" / "label_encoder.txt"
+    labels.write_text("'angry' => 0\n'sad")
+    assert main([str(run), str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"export: {labels}: truncated or corrupt label encoder ("
+    )
+    assert not (tmp_path / "model").exists()
+
+
+def _loco_summary(ua: float) -> dict:
+    fold = {"n_test": 10, "wa": ua, "ua": ua, "wf1": ua, "macro_f1": ua, "confusion": [[1]]}
+    return {
+        "folds": [{"fold": "ravdess", **fold}, {"fold": "emodb", **fold}],
+        "mean": {"wa": ua, "ua": ua, "wf1": ua},
+        "wall_time_s": 60.0,
+    }
+
+
+def test_train_default_model_replaces_the_model_and_keeps_its_card(
+    exported,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """tools/train_default_model.py writes the default model through the export (force) and the
+    new folder appears with its MODEL_CARD.md; the recipe runs are stood in for by the tiny run."""
+    spec = importlib.util.spec_from_file_location(
+        "train_default_model", REPO_ROOT / "tools" / "train_default_model.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    work, out = tmp_path / "work", tmp_path / "default_model"
+    for i, name in enumerate(tool.CANDIDATES):
+        (work / f"loco_{name}").mkdir(parents=True)
+        (work / f"loco_{name}" / "summary.json").write_text(json.dumps(_loco_summary(50.0 - i)))
+    chosen = next(iter(tool.CANDIDATES))  # the best UA above
+    shutil.copytree(exported[0], work / f"final_{chosen}", symlinks=True)
+    shutil.copytree(DEFAULT_MODEL_DIR, out)  # the earlier default model, card included
+
+    commands = []
+
+    def run(command: list[str]) -> None:  # recipes: skipped; anything else: run for real
+        commands.append(command)
+        if "-m" in command:
+            subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=300)
+
+    monkeypatch.setattr(tool, "run", run)
+    counts = {c: {"angry": 1, "happy": 1, "neutral": 1, "sad": 1} for c in ("emodb", "ravdess")}
+    monkeypatch.setattr(tool, "write_manifest", lambda *args: counts)
+    assert (
+        tool.main(["--emodb", "E", "--ravdess", "R", "--work", str(work), "--out", str(out)]) == 0
+    )
+    best = _best_checkpoint(work / f"final_{chosen}")
+    assert (out / "head.ckpt").read_bytes() == (best / "head.ckpt").read_bytes()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.startswith("# Model card: qieemo default emotion recognizer")
+    assert "--emodb E --ravdess R" in card
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default_model", "work"]
