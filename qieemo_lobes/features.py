@@ -62,6 +62,7 @@ from speechbrain.augment.time_domain import SpeedPerturb
 from tqdm import tqdm
 
 from qieemo_lobes.audio import remove_dc
+from qieemo_lobes.errors import one_line
 from qieemo_lobes.files import save_torch_atomic
 
 SAMPLE_RATE = 16000
@@ -78,12 +79,6 @@ class FeatureCacheError(RuntimeError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception's message on one line (torch's messages span several), at most 200 chars."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def looks_complete(path: str | os.PathLike) -> bool:
@@ -124,7 +119,7 @@ def read_entry_file(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
         blocks, ppg = stored["blocks"], stored["ppg"]
     except Exception as err:  # torch.load fails on damaged data with many exception types
         raise FeatureCacheError(
-            f"{path}: unreadable feature cache entry ({_one_line(err)})"
+            f"{path}: unreadable feature cache entry ({one_line(err)})"
         ) from None
     if not isinstance(blocks, torch.Tensor) or not isinstance(ppg, torch.Tensor):
         raise FeatureCacheError(f"{path}: not a feature cache entry (no blocks and ppg tensors)")
@@ -156,7 +151,7 @@ def _duration(wav: str) -> float:
     try:
         return soundfile.info(wav).duration
     except Exception as err:  # libsndfile reports bad files with several exception types
-        raise FeatureCacheError(f"{wav}: cannot read the audio file ({_one_line(err)})") from None
+        raise FeatureCacheError(f"{wav}: cannot read the audio file ({one_line(err)})") from None
 
 
 def file_digest(path: str, start: float | None = None, stop: float | None = None) -> str:
@@ -211,7 +206,7 @@ class FeatureCache:
             key = _memo_digest(os.path.abspath(wav), start, stop, stat.st_size, stat.st_mtime_ns)
         except OSError as err:
             raise FeatureCacheError(
-                f"{wav}: cannot read the audio file ({err.strerror or _one_line(err)})"
+                f"{wav}: cannot read the audio file ({err.strerror or one_line(err)})"
             ) from None
         suffix = "" if speed == 100 else f"_speed{speed}"
         path = self.folder / key[:2] / f"{key}{suffix}.pt"
@@ -306,7 +301,7 @@ class FeatureCache:
 
     def _cannot_write(self, err: OSError) -> FeatureCacheError:
         return FeatureCacheError(
-            f"{self.root}: cannot write the feature cache ({err.strerror or _one_line(err)})"
+            f"{self.root}: cannot write the feature cache ({err.strerror or one_line(err)})"
         )
 
     def _check_writable(self) -> None:
@@ -331,7 +326,7 @@ class FeatureCache:
                 wavs.append(read_audio(wav, start, stop))
             except Exception as err:  # soundfile and resampling fail with several types
                 raise FeatureCacheError(
-                    f"{wav}: cannot read the audio to encode it ({_one_line(err)})"
+                    f"{wav}: cannot read the audio to encode it ({one_line(err)})"
                 ) from None
         if speed != 100:
             perturb = SpeedPerturb(orig_freq=SAMPLE_RATE, speeds=[speed])

@@ -54,6 +54,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from qieemo_lobes.errors import one_line
+
 __all__ = [
     "ALLOWED_CLASSES",
     "ModelFolderError",
@@ -95,17 +97,6 @@ _TRUST_HINT = (
 class ModelFolderError(ValueError):
     """A model folder is not one qieemo wrote, or one of its files is damaged; ``str()`` is one
     line naming the file (and, for ``hyperparams.yaml``, the line)."""
-
-
-def _one_line(err: BaseException, limit: int = 160) -> str:
-    """``err`` as a short phrase: whitespace squashed, cut at a sentence end past ``limit``."""
-    text = " ".join(str(err).split())
-    if not text:
-        return type(err).__name__
-    if len(text) > limit:
-        cut = text.rfind(". ", 0, limit)
-        text = text[:cut] if cut > 20 else text[:limit] + "..."
-    return text
 
 
 def _tag(node: Node) -> str:
@@ -292,14 +283,16 @@ def check_hyperparams(path: str | os.PathLike) -> None:
     except FileNotFoundError:
         raise ModelFolderError(f"{path}: missing") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ModelFolderError(f"{path}: unreadable ({_one_line(err)})") from None
+        raise ModelFolderError(f"{path}: unreadable ({one_line(err, limit=160)})") from None
     except MarkedYAMLError as err:  # ruamel's scanner, parser and composer errors
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = err.problem or err.context or type(err).__name__
-        raise ModelFolderError(f"{where}: not valid YAML ({_one_line(problem)})") from None
+        raise ModelFolderError(
+            f"{where}: not valid YAML ({one_line(problem, limit=160)})"
+        ) from None
     except Exception as err:  # anything else the parser raises: not YAML either
-        raise ModelFolderError(f"{path}: not valid YAML ({_one_line(err)})") from None
+        raise ModelFolderError(f"{path}: not valid YAML ({one_line(err, limit=160)})") from None
     if root is None:
         raise ModelFolderError(f"{path}: empty")
     checker = _Checker(path)
@@ -348,11 +341,11 @@ def load_head_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 "run code)"
             ) from None
         raise ModelFolderError(
-            f"{path}: truncated or corrupt checkpoint ({_one_line(err)})"
+            f"{path}: truncated or corrupt checkpoint ({one_line(err, limit=160)})"
         ) from None
     except Exception as err:  # EOFError, OSError (EINVAL), RuntimeError (zip reader), ...
         raise ModelFolderError(
-            f"{path}: truncated or corrupt checkpoint ({_one_line(err)})"
+            f"{path}: truncated or corrupt checkpoint ({one_line(err, limit=160)})"
         ) from None
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -442,7 +435,7 @@ def load_labels(path: str | os.PathLike) -> list[str]:
         raise ModelFolderError(f"{path}: missing") from None
     except Exception as err:  # ValueError, SyntaxError, UnicodeDecodeError, ...
         raise ModelFolderError(
-            f"{path}: truncated or corrupt label encoder ({_one_line(err)})"
+            f"{path}: truncated or corrupt label encoder ({one_line(err, limit=160)})"
         ) from None
     n = len(encoder.ind2lab)
     if n == 0:

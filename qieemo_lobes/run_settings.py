@@ -52,6 +52,7 @@ __all__ = [
     "read_settings_file",
     "resolved_settings",
     "settings_difference",
+    "training_speeds",
 ]
 
 # Command-line flags of the recipe itself, not settings of the YAML file.
@@ -402,3 +403,27 @@ def read_settings_file(path: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def training_speeds(settings: Mapping) -> list[int]:
+    """The training speeds in percent (``speed_perturb``; ``[100]``: no perturbation).
+
+    Raises
+    ------
+    ValueError
+        Not a list, or a speed outside 50..200 percent.
+
+    Example
+    -------
+    >>> training_speeds({"speed_perturb": [90, 100, 110]}), training_speeds({})
+    ([90, 100, 110], [100])
+    """
+    speeds = settings.get("speed_perturb") or [100]
+    if not isinstance(speeds, (list, tuple)):
+        raise ValueError(
+            f"speed_perturb takes a list of percentages, e.g. [90, 100, 110], not {speeds!r}"
+        )
+    speeds = [int(s) for s in speeds]
+    if any(not 50 <= s <= 200 for s in speeds):
+        raise ValueError(f"speed_perturb takes percentages between 50 and 200, not {speeds}")
+    return speeds

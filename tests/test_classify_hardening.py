@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from qieemo_lobes import audio, classify, segmentation
+from qieemo_lobes import audio, classify, classify_engine, segmentation
 from tests.conftest import REPO_ROOT
 from tests.test_interfaces import tiny_run
 
@@ -413,10 +413,10 @@ def test_non_finite_probabilities_are_an_error(run, recognizer, speech, tmp_path
     for fmt in ("json", "csv", "table"):
         code, out, err = run(good, bad, "--format", fmt)
         assert code == 1 and "nan" not in out.lower()
-        assert err.splitlines()[0] == f"{bad}: {classify.NON_FINITE_PROBLEM}"
+        assert err.splitlines()[0] == f"{bad}: {classify_engine.NON_FINITE_PROBLEM}"
     code, out, _ = run(good, bad, "--format", "json")
     records = [json.loads(line) for line in out.splitlines()]
-    assert records[1] == {"path": str(bad), "error": classify.NON_FINITE_PROBLEM}
+    assert records[1] == {"path": str(bad), "error": classify_engine.NON_FINITE_PROBLEM}
     assert set(records[0]) >= {"label", "probabilities"}
 
 
