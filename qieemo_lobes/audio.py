@@ -85,6 +85,8 @@ __all__ = [
     "audio_extensions",
     "audio_info",
     "check_audio",
+    "check_samples",
+    "decode_mono",
     "remove_dc",
     "find_audio",
     "frame_dbfs",
@@ -674,13 +676,51 @@ def load_audio(
     return wav
 
 
+def decode_mono(
+    path: str | os.PathLike, max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
+    """A whole file as mono float32 samples at its own rate, after the file-level checks.
+
+    The file-level checks are those of :func:`load_audio` that concern the file rather than its
+    samples: missing, empty, zero length, not audio, corrupt, truncated, too long for
+    ``max_seconds``. :func:`check_samples` makes the others, e.g. on a segment of the file.
+
+    Returns
+    -------
+    tuple
+        ``(samples (frames,), sample_rate)``.
+    """
+    data, rate = _read_all(os.fspath(path), max_seconds)
+    return _to_mono(data), rate
+
+
+def check_samples(path: str | os.PathLike, mono: np.ndarray, sample_rate: int) -> None:
+    """The checks of :func:`load_audio` on samples: too short, NaN or inf, silence only.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The file the samples come from (named in the error).
+    mono : numpy.ndarray
+        The samples (a whole file or a segment of it), full scale 1.0.
+    sample_rate : int
+        Their rate.
+
+    Raises
+    ------
+    AudioError
+        For the first problem found.
+    """
+    path = os.fspath(path)
+    _check_long_enough(path, len(mono), sample_rate)
+    _check_finite(path, mono)
+    _check_not_silent(path, mono, sample_rate)
+
+
 def _read_checked(path: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """Decode a whole file to mono at its own rate, with every check of :func:`load_audio`."""
-    data, rate = _read_all(path, max_seconds)
-    mono = _to_mono(data)
-    _check_long_enough(path, len(mono), rate)
-    _check_finite(path, mono)
-    _check_not_silent(path, mono, rate)
+    mono, rate = decode_mono(path, max_seconds)
+    check_samples(path, mono, rate)
     return mono, rate
 
 

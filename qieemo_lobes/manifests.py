@@ -176,29 +176,6 @@ def list_audio_files(folder: Path) -> tuple[list[Path], int]:
     return files, ignored
 
 
-def _decode_file(path: str) -> tuple[Any, int]:
-    """The whole file as mono samples at its own rate, after the file-level checks of
-    :mod:`qieemo_lobes.audio` (unreadable, empty, zero length, corrupt or truncated data).
-
-    Imported here, not at module load: the prepare command line does not pay for torch until it
-    checks audio.
-    """
-    from qieemo_lobes import audio
-
-    data, rate = audio._read_all(path, None)
-    return audio._to_mono(data), rate
-
-
-def _check_samples(path: str, mono: Any, rate: int) -> None:
-    """:mod:`qieemo_lobes.audio`'s checks on samples, as ``classify`` makes them: too short,
-    NaN or infinite samples, silence only (raises its ``AudioError``)."""
-    from qieemo_lobes import audio
-
-    audio._check_long_enough(path, len(mono), rate)
-    audio._check_finite(path, mono)
-    audio._check_not_silent(path, mono, rate)
-
-
 def probe_audio(
     path: str | os.PathLike,
     start: float | None = None,
@@ -248,7 +225,9 @@ def probe_audio(
     >>> probe_audio(tmp / "b.wav")
     (None, 'not an audio file (text content)')
     """
-    from qieemo_lobes.audio import AudioError, check_audio
+    # Imported here, not at module load: the prepare command line does not pay for torch until
+    # it checks audio.
+    from qieemo_lobes.audio import AudioError, check_audio, check_samples, decode_mono
 
     path = os.fspath(path)
     try:
@@ -257,7 +236,7 @@ def probe_audio(
         if decoded is not None and path in decoded:
             mono, rate = decoded[path]
         else:
-            mono, rate = _decode_file(path)
+            mono, rate = decode_mono(path)
             if decoded is not None:
                 decoded.clear()
                 decoded[path] = (mono, rate)
@@ -274,7 +253,7 @@ def probe_audio(
     # The samples read_audio (qieemo_lobes.features) reads for this segment.
     segment = mono[int(round(first * rate)) : int(round(last * rate))]
     try:
-        _check_samples(path, segment, rate)
+        check_samples(path, segment, rate)
     except AudioError as err:
         return None, f"segment {first}-{last} s: {err.problem}"
     return last - first, None
