@@ -1,12 +1,14 @@
 """Accuracy side by side, on the same speaker-independent folds: qieemo against two baselines.
 
-Corpora: EmoDB (leave-one-speaker-out, 10 folds, 7 classes) and RAVDESS (6 folds of 4 actors,
-8 classes), from ``../shared/data``. Systems, all with whisper-base (fit window; on the corpora
+Corpora, from ``../shared/data``, read by the recipes' own prepare scripts (same utterances and
+folds as their cross-validation): EmoDB (leave-one-speaker-out, 10 folds, 7 classes), RAVDESS
+(6 folds of 4 actors, 8 classes), nEMO (subset, leave-one-speaker-out, 9 folds, 6 classes),
+EMOVO (6 folds, 7 classes) and TurEV-DB (6 folds, 4 classes). Systems, all with whisper-base (fit window; on the corpora
 named by ``--window-toggled`` also with Whisper's 30-second window) where an encoder is used:
 
-- (a) qieemo: ``recipes/<corpus>/emotion/cross_validate.py hparams/qieemo_whisper.yaml`` (the
-  recipe's default: speed-perturbed training copies on both, frozen encoder on EmoDB, encoder
-  block 3 retrained on RAVDESS), the same with
+- (a) qieemo: ``recipes/<corpus>/emotion/cross_validate.py hparams/qieemo.yaml`` (the
+  recipe's default: on EmoDB and RAVDESS speed-perturbed training copies, frozen encoder on
+  EmoDB, encoder block 3 retrained on RAVDESS), the same with
   per-speaker feature normalisation (transductive: it uses the test speaker's unlabelled
   utterances) and, on the corpora named by ``--tune-toggled``, ``--ablations`` and
   ``--ablations-no-mmf``, with the other encoder setting (frozen / block 3 retrained), with CMA
@@ -46,9 +48,13 @@ import baselines  # noqa: E402
 
 from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
 
+# corpus -> (recipe folder under recipes/, folder under --data)
 CORPORA = {
     "emodb": ("EmoDB", "emodb"),
     "ravdess": ("RAVDESS", "ravdess"),
+    "nemo": ("nEMO", "nemo"),
+    "emovo": ("EMOVO", "emovo"),
+    "turev": ("TurEV-DB", "turev"),
 }
 
 
@@ -68,7 +74,7 @@ def run_qieemo(
     command = [
         sys.executable,
         "cross_validate.py",
-        "hparams/qieemo_whisper.yaml",
+        "hparams/qieemo.yaml",
         f"--data_folder={data}",
         f"--output_folder={out}",
         f"--feature_cache={cache}",
@@ -315,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Date: {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}; "
         f"torch threads {torch.get_num_threads()}; 1-minute load average at the end {os.getloadavg()[0]:.1f}.",
         "Metrics in percent, mean +- std over folds. WA accuracy, UA mean per-class recall, WF1 support-weighted F1.",
-        "EmoDB here is the altered shared copy (22.05 kHz, every clip cut or padded to 2.000 s): not",
-        "comparable with published EmoDB numbers.",
+        "EmoDB here is the altered shared copy (22.05 kHz, every clip cut or padded to 2.000 s) and nEMO",
+        "a subset (2243 of 4481 utterances, 45 of 90 sentences): not comparable with published numbers.",
         "",
     ]
     out = Path(args.out)

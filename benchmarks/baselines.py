@@ -14,11 +14,11 @@ per fold and as mean / standard deviation over folds (``np.std``, ddof=0), plus 
 the pooled predictions of all folds.
 
 This file is run as a script from the repository root, and imported by path from the other
-benchmark scripts (``sys.path.insert(0, "benchmarks"); import baselines``); it imports nothing from
-the recipes. The corpus readers below are deliberately tiny and self-contained (the recipes'
-``*_prepare.py`` scripts are the full versions).
+benchmark scripts (``sys.path.insert(0, "benchmarks"); import baselines``). Corpora are read by
+the recipes' own ``*_prepare.py`` scripts (:func:`corpus_items`), so every baseline sees the
+utterances and folds the recipes' cross-validation sees.
 
-Run (c) on both shared corpora and print the table::
+Run (c) on two shared corpora and print the table::
 
     python benchmarks/baselines.py --out /tmp/baselines_opensmile.json
 
@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -59,114 +59,76 @@ logger = logging.getLogger("baselines")
 # Corpora
 # --------------------------------------------------------------------------------------------------
 
-EMODB_LABELS = {
-    "W": "angry",
-    "L": "bored",
-    "E": "disgust",
-    "A": "fearful",
-    "F": "happy",
-    "T": "sad",
-    "N": "neutral",
+# corpus name -> its recipe's prepare script: the benchmarks read a corpus exactly as the recipe
+# does (same utterances, labels, skipped files and folds).
+RECIPE_PREPARE = {
+    "emodb": "EmoDB/emotion/emodb_prepare.py",
+    "ravdess": "RAVDESS/emotion/ravdess_prepare.py",
+    "nemo": "nEMO/emotion/nemo_prepare.py",
+    "emovo": "EMOVO/emotion/emovo_prepare.py",
+    "turev": "TurEV-DB/emotion/turev_prepare.py",
 }
-RAVDESS_LABELS = {
-    "01": "neutral",
-    "02": "calm",
-    "03": "happy",
-    "04": "sad",
-    "05": "angry",
-    "06": "fearful",
-    "07": "disgust",
-    "08": "surprised",
-}
-# 03a01Fa.wav: speaker 03, text a01, emotion letter F, version a.
-_EMODB_RE = re.compile(r"^(\d{2})([a-z]\d{2})([A-Z])([a-z])\.wav$")
-# 03-01-05-02-01-02-12.flac: modality, channel, emotion, intensity, statement, repetition, actor.
-_RAVDESS_RE = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})\.(wav|flac)$")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _prepare_module(name: str) -> Any:
+    """The recipe's ``<corpus>_prepare`` module (recipes are scripts, not a package)."""
+    path = RECIPES / RECIPE_PREPARE[name]
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_for_benchmarks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def corpus_items(name: str, root: str | Path) -> list[dict[str, Any]]:
-    """Lists the utterances of a corpus with label, speaker and speaker-independent fold.
+    """Lists the utterances of a corpus with label, speaker and protocol fold, as its recipe does.
 
-    * ``"emodb"``: every ``*.wav`` under ``root`` named like ``03a01Fa.wav``; speaker = first two
-      characters, emotion = 6th character; fold = index of the speaker in sorted order (10 folds,
-      leave-one-speaker-out).
-    * ``"ravdess"``: every audio-only speech file ``03-01-EE-II-SS-RR-AA.{wav,flac}`` under
-      ``root`` (``Actor_01/`` ... ``Actor_24/``); speaker = actor ``AA``; fold = (actor - 1) // 4
-      (6 folds: actors 1-4, 5-8, ..., 21-24).
-
-    Files whose names do not follow the layout are skipped with one warning line each; a corpus
-    that yields nothing raises one clear error naming the expected layout.
+    The corpus is read by its recipe's ``list_utterances`` (``recipes/<Corpus>/emotion/
+    <corpus>_prepare.py``): the same utterances, labels and skipped files, and the same folds
+    as the recipe's ``cross_validate.py`` (fold ``k`` here is its fold ``k + 1``). EmoDB, nEMO,
+    EMOVO and TurEV-DB: leave one speaker out; RAVDESS: 6 folds of 4 actors.
 
     Arguments
     ---------
     name : str
-        ``"emodb"`` or ``"ravdess"``.
+        One of :data:`RECIPE_PREPARE` (``"emodb"``, ``"ravdess"``, ``"nemo"``, ``"emovo"``,
+        ``"turev"``).
     root : str or Path
         The corpus folder.
 
     Returns
     -------
     list of dict
-        ``{"path": str, "label": str, "speaker": str, "fold": int}``, sorted by path.
+        ``{"path": str, "label": str, "speaker": str, "fold": int}`` (0-based fold index),
+        sorted by path.
+
+    Raises
+    ------
+    ValueError
+        An unknown corpus, or a folder that is not that corpus (the recipe's one-line
+        ``LayoutError``).
 
     Example
     -------
     >>> corpus_items("timit", ".")
     Traceback (most recent call last):
     ...
-    ValueError: unknown corpus 'timit' (known: emodb, ravdess)
+    ValueError: unknown corpus 'timit' (known: emodb, ravdess, nemo, emovo, turev)
     """
     name = name.lower()
-    if name not in ("emodb", "ravdess"):
-        raise ValueError(f"unknown corpus {name!r} (known: emodb, ravdess)")
-    root = Path(root)
-    layout = {
-        "emodb": "EmoDB wavs named like 03a01Fa.wav (speaker, text, emotion letter, version)",
-        "ravdess": "RAVDESS Actor_01/ .. Actor_24/ with 03-01-EE-II-SS-RR-AA.wav or .flac",
-    }[name]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a directory (expected {layout})")
+    if name not in RECIPE_PREPARE:
+        raise ValueError(f"unknown corpus {name!r} (known: {', '.join(RECIPE_PREPARE)})")
+    from qieemo_lobes.manifests import fold_names
 
-    items: list[dict[str, Any]] = []
-    n_other = 0  # RAVDESS song / video files: not part of the speech task, counted not listed
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        fname = path.name
-        if fname.startswith("._") or path.suffix.lower() not in (".wav", ".flac"):
-            continue
-        if name == "emodb":
-            m = _EMODB_RE.match(fname)
-            if m is None or m.group(3) not in EMODB_LABELS:
-                logger.warning("%s: skipped, not an EmoDB name like 03a01Fa.wav", path)
-                continue
-            items.append(
-                {"path": str(path), "label": EMODB_LABELS[m.group(3)], "speaker": m.group(1)}
-            )
-        else:
-            m = _RAVDESS_RE.match(fname)
-            if m is None or m.group(3) not in RAVDESS_LABELS or not 1 <= int(m.group(7)) <= 24:
-                logger.warning("%s: skipped, not a RAVDESS name like 03-01-05-02-01-02-12", path)
-                continue
-            if m.group(1) != "03" or m.group(2) != "01":
-                n_other += 1
-                continue
-            actor = int(m.group(7))
-            items.append(
-                {
-                    "path": str(path),
-                    "label": RAVDESS_LABELS[m.group(3)],
-                    "speaker": m.group(7),
-                    "fold": (actor - 1) // 4,
-                }
-            )
-    if n_other:
-        logger.info("%s: %d non audio-only-speech RAVDESS files ignored", root, n_other)
-    if not items:
-        raise ValueError(f"{root}: no {name} utterances found (expected {layout})")
-    if name == "emodb":
-        speakers = sorted({it["speaker"] for it in items})
-        for it in items:
-            it["fold"] = speakers.index(it["speaker"])
-    return items
+    scan = _prepare_module(name).list_utterances(str(root))
+    for skipped in scan.skipped:
+        logger.warning("%s: skipped (%s)", skipped["path"], skipped["reason"])
+    folds = fold_names(scan.records)
+    items = [
+        {"path": r.wav, "label": r.label, "speaker": r.speaker, "fold": folds.index(r.fold)}
+        for r in scan.records
+    ]
+    return sorted(items, key=lambda item: item["path"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -760,11 +722,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     repo = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(
         description="Baseline (c): openSMILE ComParE_2016 functionals + linear SVM, "
-        "speaker-independent folds, on EmoDB and RAVDESS."
+        "speaker-independent folds, on the shared corpora."
     )
     parser.add_argument("--data-root", type=Path, default=repo.parent / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=repo / "cache" / "opensmile")
-    parser.add_argument("--corpora", nargs="+", default=["emodb", "ravdess"])
+    parser.add_argument(
+        "--corpora", nargs="+", default=["emodb", "ravdess"], choices=list(RECIPE_PREPARE)
+    )
     parser.add_argument("--C", type=float, default=None, help="fixed C (default: inner CV)")
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument("--no-progress", action="store_true")

@@ -3,7 +3,7 @@
 Each recipe's ``cross_validate.py`` hands its ``train.py`` and fold listing to
 :func:`run_cross_validation`::
 
-    python cross_validate.py hparams/qieemo_whisper.yaml --data_folder=DIR --output_folder=OUT \\
+    python cross_validate.py hparams/qieemo.yaml --data_folder=DIR --output_folder=OUT \\
         [--folds 1,3] [--overwrite] [any hparam override, e.g. --use_cma=False]
 
 Every fold runs as ``train.py ... --test_fold=K --output_folder=OUT/fold_K`` in its own process

@@ -4,7 +4,7 @@ Each ``recipes/<CORPUS>/emotion/train.py`` is a few lines that hand its corpus' 
 function to :func:`run_training`; everything else is configured by the recipe's HyperPyYAML
 file. One fold is trained per call::
 
-    python train.py hparams/qieemo_whisper.yaml --data_folder=DIR --output_folder=OUT --test_fold=K
+    python train.py hparams/qieemo.yaml --data_folder=DIR --output_folder=OUT --test_fold=K
 
 - Frozen encoder (default): its outputs come from the feature cache (``qieemo_lobes.features``)
   through the data pipeline, so the encoder runs once per utterance, not once per epoch.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import json
 import shutil
 import sys
 from collections import Counter
@@ -43,10 +43,12 @@ def test_emodb_folds_leave_one_speaker_out(emodb_dir: Path) -> None:
         "angry": 127, "bored": 81, "neutral": 79, "happy": 71, "fearful": 69, "sad": 62,
         "disgust": 46,
     }  # fmt: skip
+    letters = {"W": "angry", "L": "bored", "E": "disgust", "A": "fearful", "F": "happy",
+               "T": "sad", "N": "neutral"}  # fmt: skip
     for it in items:  # label and speaker come from the file name, not from anything else
         name = Path(it["path"]).name
         assert it["speaker"] == name[:2]
-        assert it["label"] == baselines.EMODB_LABELS[name[5]]
+        assert it["label"] == letters[name[5]]
 
 
 def test_ravdess_folds_of_four_actors(ravdess_dir: Path) -> None:
@@ -54,27 +56,42 @@ def test_ravdess_folds_of_four_actors(ravdess_dir: Path) -> None:
     assert len(items) == 1434  # 1440 less the 6 files missing from the shared copy
     by_fold = _check_disjoint_speakers(items)
     assert sorted(by_fold) == list(range(6))
+    codes = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
+             "06": "fearful", "07": "disgust", "08": "surprised"}  # fmt: skip
     for f, speakers in by_fold.items():
-        assert speakers == {f"{a:02d}" for a in range(4 * f + 1, 4 * f + 5)}
-    assert set(Counter(it["label"] for it in items)) == set(baselines.RAVDESS_LABELS.values())
+        assert {int(s) for s in speakers} == set(range(4 * f + 1, 4 * f + 5))
     for it in items:
         path = Path(it["path"])
-        assert path.parent.name == f"Actor_{it['speaker']}"
-        assert it["label"] == baselines.RAVDESS_LABELS[path.name.split("-")[2]]
+        assert int(path.parent.name.split("_")[1]) == int(it["speaker"])
+        assert it["label"] == codes[path.name.split("-")[2]]
 
 
-def test_corpus_items_bad_layouts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+def test_corpus_items_are_the_recipe_folds(tmp_path: Path, emodb_dir: Path) -> None:
+    """The baselines' fold k is fold k + 1 of the recipe's cross-validation (its test set)."""
+    import importlib.util
+
+    from tests.conftest import REPO_ROOT
+
+    path = REPO_ROOT / "recipes" / "EmoDB" / "emotion" / "emodb_prepare.py"
+    spec = importlib.util.spec_from_file_location("emodb_prepare_for_test", path)
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    items = baselines.corpus_items("emodb", emodb_dir)
+    for k in (1, 7):
+        prepare.prepare_emodb(
+            emodb_dir, tmp_path / "tr.json", tmp_path / "va.json", tmp_path / "te.json", test_fold=k
+        )
+        test = {
+            Path(r["wav"]).name for r in json.loads((tmp_path / "te.json").read_text()).values()
+        }
+        assert test == {Path(it["path"]).name for it in items if it["fold"] == k - 1}
+
+
+def test_corpus_items_bad_layouts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist or is not a folder"):
         baselines.corpus_items("emodb", tmp_path / "missing")
-    with pytest.raises(ValueError, match="no emodb utterances"):
+    with pytest.raises(ValueError, match="no usable utterances|expected"):
         baselines.corpus_items("emodb", tmp_path)
-    (tmp_path / "03a01Fa.wav").touch()
-    (tmp_path / "notes.wav").touch()
-    (tmp_path / "._03a01Fa.wav").touch()  # macOS resource file: silently ignored
-    with caplog.at_level(logging.WARNING, logger="baselines"):
-        items = baselines.corpus_items("emodb", tmp_path)
-    assert [Path(it["path"]).name for it in items] == ["03a01Fa.wav"]
-    assert len(caplog.records) == 1 and "notes.wav" in caplog.records[0].getMessage()
 
 
 # ------------------------------------------------------------------------------------ metrics

@@ -342,7 +342,7 @@ def test_real_fold_is_kept_with_its_settings_and_refused_with_others(
         command = [
             sys.executable,
             "cross_validate.py",
-            "hparams/qieemo_whisper.yaml",
+            "hparams/qieemo.yaml",
             f"--data_folder={subset}",
             f"--output_folder={out}",
             f"--feature_cache={feature_cache}",

@@ -48,7 +48,7 @@ def cross_validate(
     command = [
         sys.executable,
         "cross_validate.py",
-        "hparams/qieemo_whisper.yaml",
+        "hparams/qieemo.yaml",
         f"--data_folder={subset}",
         f"--output_folder={out}",
         f"--feature_cache={cache}",
@@ -63,7 +63,7 @@ def train_fold(subset: Path, out: Path, *extra: str, timeout: int = 900):
     command = [
         sys.executable,
         "train.py",
-        "hparams/qieemo_whisper.yaml",
+        "hparams/qieemo.yaml",
         f"--data_folder={subset}",
         f"--output_folder={out}",
         *extra,
@@ -233,7 +233,7 @@ def test_module_settings_out_of_range_are_one_line(tmp_path, subset):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: hparams/qieemo_whisper.yaml: ") and "7..7" in last
+    assert last.startswith("error: hparams/qieemo.yaml: ") and "7..7" in last
 
 
 def test_bad_data_folder_is_one_line(tmp_path):
@@ -252,7 +252,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, subset, feature_cache):
     at least 95 % of the test predictions identical and WA within 2 points.
     """
     common = [
-        "hparams/qieemo_whisper.yaml",
+        "hparams/qieemo.yaml",
         f"--data_folder={subset}",
         f"--feature_cache={feature_cache}",
         "--test_fold=1",
@@ -352,7 +352,7 @@ def test_speed_perturb_out_of_range_is_one_line(tmp_path, subset):
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
         last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: hparams/qieemo_whisper.yaml: ") and "speed_perturb" in last
+        assert last.startswith("error: hparams/qieemo.yaml: ") and "speed_perturb" in last
         assert not cache.exists()
 
 

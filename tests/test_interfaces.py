@@ -56,7 +56,7 @@ def tiny_run(
     command = [
         sys.executable,
         "train.py",
-        "hparams/qieemo_whisper.yaml",
+        "hparams/qieemo.yaml",
         f"--data_folder={data}",
         f"--output_folder={run}",
         f"--feature_cache={root / 'features'}",

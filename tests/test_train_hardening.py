@@ -27,7 +27,7 @@ from qieemo_lobes.files import FolderLock
 from qieemo_lobes.run_settings import resolved_settings, settings_difference
 from tests.test_emotion_recipe import RECIPE, SPEAKERS, train_fold
 
-HPARAMS = RECIPE / "hparams" / "qieemo_whisper.yaml"
+HPARAMS = RECIPE / "hparams" / "qieemo.yaml"
 BROKEN = "09b99Wa.wav"  # named like an EmoDB clip, but not audio
 CLIPS_PER_SPEAKER = 8
 # tests.test_emotion_recipe's tiny model, one epoch, no speed-perturbed copies.
@@ -107,7 +107,7 @@ def train_patched(patch: str, subset: Path, out: Path, *extra: str, timeout: int
         sys.executable,
         "-c",
         DRIVER.format(patch=patch),
-        "hparams/qieemo_whisper.yaml",
+        "hparams/qieemo.yaml",
         f"--data_folder={subset}",
         f"--output_folder={out}",
         *extra,
@@ -130,7 +130,7 @@ def test_resolved_settings_are_the_plain_settings_load_hyperpyyaml_would_use():
         assert key not in settings
     assert not any(k.endswith("_annotation") for k in settings) and "feature_cache" not in settings
     with_locations = resolved_settings(HPARAMS, "test_fold: 3", include_locations=True)
-    assert with_locations["output_folder"] == "results/EmoDB/qieemo_whisper/fold_3"
+    assert with_locations["output_folder"] == "results/EmoDB/qieemo/fold_3"
     assert settings_difference(resolved_settings(HPARAMS, None), settings) == [
         "data_folder: (unset) -> /data",
         "lr: 0.001 -> 0.01",
@@ -198,7 +198,7 @@ def test_read_only_feature_cache_is_one_line(tmp_path, micro):
     command = [
         sys.executable,
         "train.py",
-        "hparams/qieemo_whisper.yaml",
+        "hparams/qieemo.yaml",
         f"--data_folder={micro}",
         f"--output_folder={tmp_path / 'run'}",
         *micro_args(cache),
@@ -436,7 +436,7 @@ def test_interrupted_run_says_how_to_resume(tmp_path, micro, micro_cache, signum
     command = [
         sys.executable,
         "train.py",
-        "hparams/qieemo_whisper.yaml",
+        "hparams/qieemo.yaml",
         f"--data_folder={micro}",
         f"--output_folder={out}",
         *micro_args(micro_cache, epochs=200),

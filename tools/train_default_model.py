@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "custom" / "emotion"
-HPARAMS = "hparams/qieemo_whisper.yaml"
+HPARAMS = "hparams/qieemo.yaml"
 CLASSES = ["angry", "happy", "neutral", "sad"]
 # Heads compared leave-one-corpus-out; the best mean UA is trained on both corpora and shipped.
 CANDIDATES = {

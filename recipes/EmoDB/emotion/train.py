@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Qieemo emotion recognition on EmoDB, one leave-one-speaker-out fold.
 
-    python train.py hparams/qieemo_whisper.yaml --data_folder=DIR --test_fold=K
+    python train.py hparams/qieemo.yaml --data_folder=DIR --test_fold=K
 
 The recipe logic is shared by every corpus (``qieemo_lobes.recipe``); this file only names the
 corpus' data preparation.

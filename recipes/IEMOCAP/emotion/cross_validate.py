@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Qieemo on IEMOCAP: every protocol fold, then a summary, a confusion plot and a report.
 
-    python cross_validate.py hparams/qieemo_whisper.yaml --data_folder=DIR --output_folder=OUT \
+    python cross_validate.py hparams/qieemo.yaml --data_folder=DIR --output_folder=OUT \
         [--folds 1,3] [--use_cma=False ...]
 """
 
