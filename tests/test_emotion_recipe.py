@@ -335,7 +335,8 @@ def test_speed_perturbed_copies_are_cached_for_training_clips_only(tmp_path, sub
         assert len(copies) == metrics["n_train"]
         for copy in copies[:5]:
             original = copy.with_name(copy.name.replace(f"_speed{speed}", ""))
-            ratio = torch.load(copy)["blocks"].shape[1] / torch.load(original)["blocks"].shape[1]
+            n_copy = torch.load(copy, weights_only=True)["blocks"].shape[1]
+            ratio = n_copy / torch.load(original, weights_only=True)["blocks"].shape[1]
             assert ratio == pytest.approx(100 / speed, abs=0.03)
 
 
@@ -377,7 +378,7 @@ def test_fine_tuning_the_top_block_with_a_live_encoder(tmp_path, subset):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ua" in json.loads((run / "test_metrics.json").read_text())
     (saved,) = (run / "save").glob("CKPT+*/encoder.ckpt")
-    tuned = torch.load(saved, map_location="cpu")
+    tuned = torch.load(saved, map_location="cpu", weights_only=True)
     pretrained = WhisperBlocks("whisper-tiny.en", window="fit").state_dict()
     changed = {k for k, v in tuned.items() if not torch.equal(v, pretrained[k])}
     assert changed and all(".layers.3." in k or "encoder.layer_norm" in k for k in changed)

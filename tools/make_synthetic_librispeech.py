@@ -42,7 +42,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +51,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+
+from qieemo_lobes.files import write_text_atomic
 
 SAMPLE_RATE = 16000
 
@@ -393,7 +394,7 @@ def make_corpus(
             lines = [f"{utt_id} {text}\n" for utt_id, text in utts]
             n_ok += sum((folder / f"{utt_id}.flac").is_file() for utt_id, _ in utts)
             trans = folder / f"{spk}-{chap}.trans.txt"
-            _write_text(trans, "".join(lines))
+            write_text_atomic("".join(lines), trans)
         counts[spec.name] = n_ok
 
     table = [
@@ -405,20 +406,12 @@ def make_corpus(
             f"{spk_id:<5}| {speaker.sex} | {split:<16}| {speaker.voice:<15}| "
             f"{speaker.pitch:<3}| {speaker.rate}\n"
         )
-    _write_text(root / "SPEAKERS.TXT", "".join(table))
+    write_text_atomic("".join(table), root / "SPEAKERS.TXT")
     if failures:
         raise RuntimeError(
             f"{len(failures)} utterance(s) could not be synthesized:\n" + "\n".join(failures)
         )
     return counts
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

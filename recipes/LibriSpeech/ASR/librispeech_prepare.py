@@ -33,15 +33,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
 from speechbrain.utils.logger import get_logger
+
+from qieemo_lobes.files import atomic_open, write_text_atomic
 
 logger = get_logger(__name__)
 OPT_FILE = "prepare_options.json"
@@ -141,7 +141,7 @@ def prepare_librispeech(
 
     for line in report.skipped:
         logger.warning("skipped %s", line)
-    _write_text(save / OPT_FILE, json.dumps(conf, indent=2) + "\n")
+    write_text_atomic(json.dumps(conf, indent=2) + "\n", save / OPT_FILE)
     return report
 
 
@@ -204,19 +204,10 @@ def _read_rows(path: Path) -> list[list[str]]:
 
 
 def _write_csv(path: Path, rows: list[list[str]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(HEADER)
         writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

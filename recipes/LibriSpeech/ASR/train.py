@@ -49,6 +49,8 @@ logger = get_logger(__name__)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from librispeech_prepare import PreparationError, prepare_librispeech  # noqa: E402
 
+from qieemo_lobes.files import write_json_atomic  # noqa: E402
+
 
 class ASR(sb.core.Brain):
     """Conformer-CTC (optionally joint CTC / attention) ASR."""
@@ -295,15 +297,6 @@ def export_pretrained(hparams, tokenizer_file: str) -> None:
     staging.rmdir()
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str]) -> int:
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file, encoding="utf-8") as fin:
@@ -357,7 +350,7 @@ def main(argv: list[str]) -> int:
         # On every process: under DDP the normaliser's statistics update is a collective.
         untrained = evaluate_untrained(hparams, tokenizer, train_data, test_sets)
         if if_main_process():
-            write_json(out / "untrained_metrics.json", untrained)
+            write_json_atomic(untrained, out / "untrained_metrics.json")
             logger.info("Untrained model: %s", untrained)
 
     asr_brain = ASR(
@@ -412,7 +405,7 @@ def main(argv: list[str]) -> int:
             "n_test": len(all_wer),
             "splits": splits,
         }
-        write_json(out / "test_metrics.json", metrics)
+        write_json_atomic(metrics, out / "test_metrics.json")
         logger.info("Test metrics: %s", metrics)
         export_pretrained(hparams, tokenizer.prefix_model_file + ".model")
     return 0
