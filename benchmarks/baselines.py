@@ -80,7 +80,9 @@ def _prepare_module(name: str) -> Any:
     return module
 
 
-def corpus_items(name: str, root: str | Path) -> list[dict[str, Any]]:
+def corpus_items(
+    name: str, root: str | Path, classes: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Lists the utterances of a corpus with label, speaker and protocol fold, as its recipe does.
 
     The corpus is read by its recipe's ``list_utterances`` (``recipes/<Corpus>/emotion/
@@ -95,6 +97,9 @@ def corpus_items(name: str, root: str | Path) -> list[dict[str, Any]]:
         ``"turev"``).
     root : str or Path
         The corpus folder.
+    classes : sequence of str, optional
+        The labels to keep (the recipe's names, e.g. ``["angry", "calm", "happy", "sad"]``);
+        default every label. Only the kept utterances' audio is checked.
 
     Returns
     -------
@@ -120,7 +125,7 @@ def corpus_items(name: str, root: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"unknown corpus {name!r} (known: {', '.join(RECIPE_PREPARE)})")
     from qieemo_lobes.manifests import fold_names
 
-    scan = _prepare_module(name).list_utterances(str(root))
+    scan = _prepare_module(name).list_utterances(str(root), classes=classes)
     for skipped in scan.skipped:
         logger.warning("%s: skipped (%s)", skipped["path"], skipped["reason"])
     folds = fold_names(scan.records)
