@@ -3,8 +3,8 @@
 ::
 
     python -m qieemo_lobes.classify PATH... [--model DIR] [--trust-model] [--out FILE]
-                                    [--format table|json|csv] [--plot DIR] [--batch-size N]
-                                    [--device cpu|cuda]
+                                    [--format table|json|csv] [--top-k K] [--plot DIR]
+                                    [--batch-size N] [--device cpu|cuda]
 
 ``PATH``: files, directories (searched recursively, audio files only) and glob patterns
 (``"calls/**/*.flac"``). ``--model`` is a model folder written by ``python -m qieemo_lobes.export``
@@ -17,7 +17,12 @@
 ``--trust-model`` loads any SpeechBrain-style folder as written: pass it only for folders you
 trust.
 
-Per file: the label, its confidence (probability) and every class's probability.
+Per file: the label, its confidence (probability) and every class's probability. A model
+exported from a calibrated run divides its logits by the temperature fitted on held-out speakers
+(``temperature`` in its ``hyperparams.yaml``; see
+:class:`~qieemo_lobes.interfaces.EmotionRecognizer`), so that its confidence can be thresholded.
+``--top-k K`` adds the K most probable labels of each file and segment, most probable first (K
+from 1 to the model's number of classes, otherwise refused with exit 2).
 
 - Recordings up to :data:`~qieemo_lobes.segmentation.LONG_RECORDING_S` (30 s) are classified
   whole, in batches of files of similar length (at most ``--batch-size`` files and
@@ -41,10 +46,14 @@ globs expanded in sorted order), each written as soon as it and every input befo
 - ``json``: JSON Lines, ``{"path", "label", "confidence", "probabilities": {label: p},
   "duration_s", "segments": [{"start_s", "end_s", "label", "confidence", "probabilities"}]}``
   (``segments`` is empty for a recording classified whole) or ``{"path", "error"}``. Numbers are
-  always finite (no ``NaN`` in the JSON).
+  always finite (no ``NaN`` in the JSON). ``--top-k``: the file and each segment also get
+  ``"top": [{"label", "probability"}, ...]`` (after ``probabilities``).
 - ``csv``: ``path, segment, start_s, end_s, duration_s, label, confidence, <one column per
   class>, error``: one row per file (``segment`` empty), then one per segment (1, 2, ...).
-- ``table`` (default): aligned columns for people.
+  ``--top-k``: the columns ``top1, top1_p, ..., topK, topK_p`` (label and probability of each
+  rank) come before ``error``.
+- ``table`` (default): aligned columns for people. ``--top-k``: a ``top`` column after
+  ``conf``: ``sad (0.75), happy (0.20)``.
 
 Where the output goes (default: stdout):
 
@@ -181,6 +190,7 @@ def _main(args: argparse.Namespace, configure_process: bool) -> int:
     if args.batch_size < 1:
         raise _Refused(f"--batch-size must be at least 1, got {args.batch_size}")
     model_dir = _model_dir(args.model)
+    _check_top_k(args.top_k, _labels_of(model_dir))
     plot_dir = make_plot_dir(args.plot)
     device = _torch_device(args.device, configure_process)
     plan = plan_inputs(args.paths)
@@ -205,6 +215,18 @@ def _model_dir(model: str | None) -> Path:
             raise _Refused(f"{model_dir}: model folder not found")
         raise _Refused(f"{model_dir}: not a model folder (no hyperparams.yaml)")
     return model_dir
+
+
+def _check_top_k(top_k: int | None, labels: list[str]) -> None:
+    """Refuse a ``--top-k`` outside 1..number of classes (unknown classes: at least 1)."""
+    if top_k is None:
+        return
+    if labels and not 1 <= top_k <= len(labels):
+        raise _Refused(
+            f"--top-k must be between 1 and {len(labels)} (the model's classes), got {top_k}"
+        )
+    if top_k < 1:
+        raise _Refused(f"--top-k must be at least 1, got {top_k}")
 
 
 def _torch_device(requested: str | None, configure_process: bool) -> str:
@@ -239,7 +261,8 @@ def _write_results(
     n_runnable = sum(isinstance(item, tuple) for item in plan)
     recognizer = _load_model(model_dir, device, trust_code=args.trust_model) if n_runnable else None
     labels = recognizer.labels if recognizer is not None else _labels_of(model_dir)
-    writer = ResultWriter(stream, args.format, labels)
+    _check_top_k(args.top_k, labels)  # a --trust-model folder may not list its classes
+    writer = ResultWriter(stream, args.format, labels, top_k=args.top_k)
     plots = TimelinePlots(plot_dir, labels) if plot_dir is not None else None
     results = ((i, item) for i, item in enumerate(plan) if isinstance(item, FileResult))
     if recognizer is not None:
@@ -292,6 +315,13 @@ def _parser() -> argparse.ArgumentParser:
         help="write the results to this file (default: stdout); a regular file is replaced "
         "only when the run succeeds, a pipe or device (/dev/stdout) is written directly; "
         "never one of the input files",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="also give the K most probable labels of each file and segment, with their "
+        "probabilities (1 to the model's number of classes)",
     )
     parser.add_argument("--plot", metavar="DIR", help="emotion timeline PNG per long recording")
     parser.add_argument("--batch-size", type=int, default=8, help="files per batch (default 8)")

@@ -17,6 +17,8 @@ Example
 [0.5, 0.5]
 >>> label_fields([0.25, 0.75], ["angry", "sad"])
 {'label': 'sad', 'confidence': 0.75, 'probabilities': {'angry': 0.25, 'sad': 0.75}}
+>>> top_labels([0.25, 0.15, 0.6], ["angry", "happy", "sad"], 2)
+[{'label': 'sad', 'probability': 0.6}, {'label': 'angry', 'probability': 0.25}]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "describe",
     "label_fields",
     "plan_inputs",
+    "top_labels",
 ]
 
 # Segments of a long recording are gathered this many batches at a time, then sorted by length.
@@ -95,6 +98,19 @@ def label_fields(probs: list[float], labels: list[str]) -> dict[str, Any]:
         "confidence": round(probs[best], 4),
         "probabilities": {lab: round(p, 4) for lab, p in zip(labels, probs, strict=True)},
     }
+
+
+def top_labels(
+    probs: list[float], labels: list[str], k: int, first: str | None = None
+) -> list[dict[str, Any]]:
+    """The ``k`` most probable labels, most probable first: ``[{"label", "probability"}]``.
+
+    Ties keep the model's class order, except that ``first`` (the record's label, when given)
+    comes before the labels it ties with, so that the first entry is always the record's label.
+    Probabilities are rounded to 4 decimals.
+    """
+    order = sorted(range(len(probs)), key=lambda i: (-probs[i], labels[i] != first, i))
+    return [{"label": labels[i], "probability": round(probs[i], 4)} for i in order[:k]]
 
 
 def describe(err: BaseException) -> str:

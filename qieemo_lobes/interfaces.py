@@ -10,7 +10,11 @@ A Qieemo model folder (written by ``python -m qieemo_lobes.export``) holds
   ``label_encoder.ckpt`` from the folder;
 - ``head.ckpt`` (the trained head's weights) and ``label_encoder.ckpt`` (SpeechBrain's
   ``CategoricalEncoder`` text format, index -> emotion);
-- ``metadata.json`` and ``README.md``: where the model comes from and its test metrics.
+- ``metadata.json`` and ``README.md``: where the model comes from, its test metrics and its
+  calibration;
+- optionally ``temperature: T`` in ``hyperparams.yaml``: the calibration temperature fitted on the
+  training run's validation speakers (:mod:`qieemo_lobes.calibration`); the logits are divided by
+  it, so that the confidence can be thresholded. Absent: ``T = 1``.
 
 It is loaded with :meth:`EmotionRecognizer.from_hparams`, as SpeechBrain's published models are::
 
@@ -82,8 +86,15 @@ class EmotionRecognizer(Pretrained):
 
     ``classify_batch`` and ``classify_file`` return ``(out_prob, score, index, text_lab)`` as
     SpeechBrain's ``EncoderClassifier`` does: ``out_prob`` are **log**-posterior probabilities
-    (log-softmax of the logits; ``out_prob.exp()`` gives probabilities summing to one), ``score``
-    the log-probability of the best class.
+    (``log_softmax(logits / temperature)``; ``out_prob.exp()`` gives probabilities summing to
+    one), ``score`` the log-probability of the best class.
+
+    **Calibrated confidence.** ``temperature`` (the model folder's ``hyperparams.yaml``, default
+    1.0; :attr:`temperature`) is the temperature ``T`` that ``python -m qieemo_lobes.export``
+    copies from the training run's ``calibration.json``: fitted on held-out validation speakers
+    by minimising the negative log-likelihood, it makes the probabilities match how often the
+    model is right (lower expected calibration error; the model folder's ``README.md`` gives it
+    before and after). Dividing the logits by ``T`` never changes ``index`` or ``text_lab``.
 
     A model folder is code (its ``hyperparams.yaml`` is executed when it is loaded): load only
     folders you trust. :meth:`from_hparams` refuses, by default, any folder that is not exactly
@@ -101,6 +112,8 @@ class EmotionRecognizer(Pretrained):
     >>> recognizer = EmotionRecognizer.from_hparams(source=shipped)
     >>> recognizer.labels
     ['angry', 'happy', 'neutral', 'sad']
+    >>> recognizer.temperature  # no temperature in its hyperparams.yaml: T = 1
+    1.0
     >>> out_prob, score, index, text_lab = recognizer.classify_file(
     ...     "examples/sad_en_us_m.wav"
     ... )  # doctest: +SKIP
@@ -126,6 +139,14 @@ class EmotionRecognizer(Pretrained):
             )
         encoder.expect_len(expected)
         self.sample_rate = int(getattr(self.hparams, "sample_rate", 16000))
+        temperature = getattr(self.hparams, "temperature", 1.0)
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not 0.0 < float(temperature) < float("inf")
+        ):
+            raise ValueError(f"temperature must be a positive number, not {temperature!r}")
+        self.temperature = float(temperature)
 
     @classmethod
     def from_hparams(
@@ -287,7 +308,8 @@ class EmotionRecognizer(Pretrained):
         Returns
         -------
         out_prob : torch.Tensor
-            ``(batch, n_classes)`` log-posterior probabilities (``out_prob.exp()`` sums to 1).
+            ``(batch, n_classes)`` log-posterior probabilities, ``log_softmax(logits /
+            temperature)`` (``out_prob.exp()`` sums to 1; see the class docstring).
         score : torch.Tensor
             ``(batch,)`` log-probability of the best class.
         index : torch.Tensor
@@ -299,7 +321,7 @@ class EmotionRecognizer(Pretrained):
         with torch.inference_mode():
             blocks, ppg = self.mods.encoder(remove_dc(wavs, wav_lens), wav_lens)
             logits = self.mods.head(blocks, ppg, wav_lens)
-            out_prob = torch.log_softmax(logits.float(), dim=-1)
+            out_prob = torch.log_softmax(logits.float() / self.temperature, dim=-1)
         score, index = torch.max(out_prob, dim=-1)
         text_lab = self.hparams.label_encoder.decode_torch(index.cpu())
         return out_prob, score, index, text_lab

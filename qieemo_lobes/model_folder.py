@@ -14,7 +14,8 @@ with their tags and line numbers; nothing is built or called) and accepts only t
 export writes:
 
 - the keys ``sample_rate``, ``classes``, ``n_classes`` (plain values), ``encoder``, ``head``,
-  ``label_encoder``, ``modules`` and ``pretrainer``;
+  ``label_encoder``, ``modules`` and ``pretrainer``, and optionally ``temperature`` (the
+  calibration temperature: a plain positive decimal number, nothing else);
 - ``!new:`` only where the export puts it and only for its classes (:data:`ALLOWED_CLASSES`):
   the encoder (``TorchWhisperBlocks`` or ``WhisperBlocks``), the head (``QieemoHead``, with an
   optional ``block_tuner: !new:...WhisperBlockTuner``), ``CategoricalEncoder`` and ``Pretrainer``
@@ -42,6 +43,7 @@ DIR/hyperparams.yaml:1: tag !apply:os.system is not allowed in a qieemo model fo
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -80,6 +82,8 @@ ALLOWED_CLASSES = frozenset(
 )
 # Top-level keys of an exported hyperparams.yaml: plain values, then the constructed objects.
 PLAIN_KEYS = ("sample_rate", "classes", "n_classes")
+# Optional top-level keys of an exported hyperparams.yaml, each a plain positive number.
+NUMBER_KEYS = ("temperature",)
 OBJECT_KEYS = ("encoder", "head", "label_encoder", "modules", "pretrainer")
 # The files the pretrainer of an exported folder loads (its loadables, by SpeechBrain's naming).
 HEAD_FILE = "head.ckpt"
@@ -88,6 +92,7 @@ LABELS_FILE = "label_encoder.ckpt"
 _CORE = "tag:yaml.org,2002:"
 _PLAIN_SCALAR_TAGS = {f"{_CORE}{t}" for t in ("str", "int", "float", "bool", "null")}
 _REF = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
+_DECIMAL = re.compile(r"\+?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 _TRUST_HINT = (
     "a model folder is code: load it with trust_code=True (classify: --trust-model) only if you "
     "trust its author"
@@ -172,6 +177,18 @@ class _Checker:
             for _, value in node.value:
                 self.plain(value)
 
+    def positive_number(self, node: Node, what: str) -> None:
+        """A plain int or float scalar, written as a decimal, finite and above zero."""
+        tag = _tag(node)
+        text = str(node.value).strip() if isinstance(node, ScalarNode) else ""
+        if (
+            tag not in (f"{_CORE}int", f"{_CORE}float")
+            or not _DECIMAL.fullmatch(text)
+            or not 0.0 < float(text) < math.inf
+        ):
+            shown = _describe(node) if not tag.startswith("!") else f"{tag} {_describe(node)}"
+            raise self.fail(node, f"{what} must be a positive number, not {shown}", hint=False)
+
     def new(self, node: Node, classes: tuple[str, ...], what: str) -> None:
         tag = _tag(node)
         if tag[len("!new:") :] not in classes or not tag.startswith("!new:"):
@@ -215,7 +232,7 @@ class _Checker:
             raise self.fail(root, "not a mapping of hyperparameters", hint=False)
         top = {key.value: (key, value) for key, value in root.value}
         for name, (key, _) in top.items():
-            if name not in PLAIN_KEYS + OBJECT_KEYS:
+            if name not in PLAIN_KEYS + NUMBER_KEYS + OBJECT_KEYS:
                 raise self.fail(
                     key, f"unexpected key '{name}' (not written by qieemo_lobes.export)"
                 )
@@ -225,6 +242,9 @@ class _Checker:
         for name in PLAIN_KEYS:
             if name in top:
                 self.plain(top[name][1])
+        for name in NUMBER_KEYS:
+            if name in top:
+                self.positive_number(top[name][1], name)
         encoder, head = top["encoder"][1], top["head"][1]
         self.new(encoder, ENCODER_CLASSES, "encoder")
         self.arguments(encoder, "encoder")

@@ -16,6 +16,12 @@ file. One fold is trained per call::
 - The best checkpoint by validation UA is tested. ``OUT/test_metrics.json`` holds WA, UA, WF1,
   macro-F1 (percent) and the confusion matrix; ``OUT/predictions.csv`` every test utterance with
   one probability column per class.
+- Calibration: a temperature ``T`` is fitted on the best checkpoint's validation predictions
+  (held-out training speakers, never the test fold) and ``OUT/calibration.json`` gives it with
+  the expected calibration error and NLL before and after, on validation and test
+  (:func:`qieemo_lobes.calibration.calibration_report`). The export carries ``T`` into the model
+  folder; the test metrics and ``predictions.csv`` are those of the uncalibrated model (``T``
+  never changes a label).
 
 A run owns its output folder: it holds ``FolderLock(OUT)`` until it ends (a second run into the
 same folder is refused), records its settings in ``OUT/run_settings.json`` and refuses to resume
@@ -55,6 +61,7 @@ from speechbrain.augment.time_domain import SpeedPerturb
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
+from qieemo_lobes.calibration import calibration_report
 from qieemo_lobes.checkpoints import SafeCheckpointer, remove_broken_checkpoints
 from qieemo_lobes.errors import NonFiniteError, RecipeError, one_line, os_error_line
 from qieemo_lobes.features import (
@@ -138,8 +145,28 @@ class EmotionBrain(sb.Brain):
                     f"{', '.join(bad)} (non-finite features or audio, or a model that "
                     "diverged); nothing was written for this stage"
                 )
-            self.outputs.append((batch.id, predictions.exp().detach().cpu(), labels.cpu()))
+            self.outputs.append((batch.id, predictions.detach().cpu(), labels.cpu()))
         return loss
+
+    def log_probabilities(self, dataset, loader_kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log-probabilities (n, n_classes), labels (n,))`` of ``dataset`` with the weights
+        loaded now (after :meth:`evaluate`: the best checkpoint), in the loader's order."""
+        kwargs = {**loader_kwargs, "ckpt_prefix": None}  # evaluate() may have added it already
+        loader = self.make_dataloader(dataset, sb.Stage.TEST, **kwargs)
+        self.on_stage_start(sb.Stage.TEST)
+        self.modules.eval()
+        with torch.no_grad():
+            for batch in loader:
+                predictions = self.compute_forward(batch, sb.Stage.TEST)
+                self.compute_objectives(predictions, batch, sb.Stage.TEST)
+        return self.stacked_outputs()
+
+    def stacked_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-probabilities and labels the last evaluation stage collected."""
+        n_classes = len(self.hparams.classes)
+        log_probs = [p for _, p, _ in self.outputs] or [torch.zeros(0, n_classes)]
+        labels = [y for _, _, y in self.outputs] or [torch.zeros(0, dtype=torch.long)]
+        return torch.cat(log_probs), torch.cat(labels)
 
     def _epoch(self) -> int:
         return int(getattr(self.hparams.epoch_counter, "current", 0))
@@ -180,8 +207,8 @@ class EmotionBrain(sb.Brain):
     def _stage_metrics(self) -> tuple[dict, list]:
         decode = self.hparams.label_encoder.decode_ndim
         rows = []
-        for ids, probs, labels in self.outputs:
-            for utt, prob, label in zip(ids, probs, labels, strict=True):
+        for ids, log_probs, labels in self.outputs:
+            for utt, prob, label in zip(ids, log_probs.exp(), labels, strict=True):
                 rows.append((utt, decode(int(label)), decode(int(prob.argmax())), prob.tolist()))
         classes = self.hparams.classes
         return classification_metrics([r[1] for r in rows], [r[2] for r in rows], classes), rows
@@ -434,9 +461,9 @@ def _train_and_test(prepare: Callable, argv: list[str], progress: _Progress) -> 
         summary = _prepare_data(prepare, {**settings, **locations})
         progress.training = True
         hparams = _load_hparams(hparams_file, overrides)
-        result, predictions = _train_and_evaluate(hparams, run_opts, summary)
+        result, predictions, calibration = _train_and_evaluate(hparams, run_opts, summary)
         if if_main_process():
-            _write_results(hparams, summary, result, predictions)
+            _write_results(hparams, summary, result, predictions, calibration)
         return result
 
 
@@ -529,11 +556,11 @@ def _cached_inputs(hparams: dict) -> dict:
     }
 
 
-def _train_and_evaluate(hparams: dict, run_opts: dict, summary: dict) -> tuple[dict, list]:
-    """Fit the Brain and test its best checkpoint.
+def _train_and_evaluate(hparams: dict, run_opts: dict, summary: dict) -> tuple[dict, list, dict]:
+    """Fit the Brain, test its best checkpoint and calibrate it on the validation set.
 
-    Returns the test metrics (with the split sizes) and the test predictions, one row per
-    utterance (none without a test fold).
+    Returns the test metrics (with the split sizes), the test predictions, one row per
+    utterance (none without a test fold), and the calibration report (``calibration.json``).
     """
     modules = {"head": hparams["head"]}
     if hparams["use_feature_cache"]:
@@ -560,13 +587,25 @@ def _train_and_evaluate(hparams: dict, run_opts: dict, summary: dict) -> tuple[d
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["test_dataloader_opts"],
     )
+    test = None
     if len(datasets["test"]) == 0:  # --test_fold=none: a final model trained on every fold
         logger.info("No test fold: trained on every fold; nothing to test")
         brain.test_metrics, brain.test_rows = {}, []
+        brain.on_evaluate_start(max_key="ua")  # the best checkpoint, for the calibration
     else:
         brain.evaluate(
             datasets["test"], max_key="ua", test_loader_kwargs=hparams["test_dataloader_opts"]
         )
+        test = brain.stacked_outputs()
+    valid = brain.log_probabilities(datasets["valid"], hparams["test_dataloader_opts"])
+    calibration = calibration_report(valid, test)
+    logger.info(
+        "Calibration: temperature %s (%d validation utterances); validation ECE %s -> %s %%",
+        calibration["temperature"],
+        calibration["n_valid"],
+        calibration["ece_valid_before"],
+        calibration["ece_valid_after"],
+    )
     result = {
         "fold": str(summary.get("test_fold", hparams["test_fold"])),
         "n_train": len(datasets["train"]),
@@ -575,11 +614,14 @@ def _train_and_evaluate(hparams: dict, run_opts: dict, summary: dict) -> tuple[d
         "classes": list(hparams["classes"]),
         **brain.test_metrics,
     }
-    return result, brain.test_rows
+    return result, brain.test_rows, calibration
 
 
-def _write_results(hparams: dict, summary: dict, result: dict, predictions: list) -> None:
-    """``predictions.csv``, ``run_info.json`` and, last, ``test_metrics.json``; never a NaN."""
+def _write_results(
+    hparams: dict, summary: dict, result: dict, predictions: list, calibration: dict
+) -> None:
+    """``predictions.csv``, ``run_info.json``, ``calibration.json`` and, last,
+    ``test_metrics.json``; never a NaN."""
     out = Path(hparams["output_folder"])
     plain = (str, int, float, bool, type(None))
     run_info = {
@@ -596,6 +638,7 @@ def _write_results(hparams: dict, summary: dict, result: dict, predictions: list
         if predictions:
             write_predictions(predictions, list(hparams["classes"]), out / "predictions.csv")
         write_json_atomic(run_info, out / "run_info.json")
+        write_json_atomic(calibration, out / "calibration.json")
         # Written last: its presence marks the run as finished (cross-validation, export).
         # Without a test fold it holds the split sizes only.
         write_json_atomic(result, out / "test_metrics.json")

@@ -227,7 +227,8 @@ def _remove_previous_run(out: Path, locations: dict) -> None:
     save_folder = Path(locations["save_folder"])
     if save_folder.is_dir():
         shutil.rmtree(save_folder)
-    names = ["test_metrics.json", "predictions.csv", "run_info.json", RUN_SETTINGS, "log.txt"]
+    names = ["test_metrics.json", "predictions.csv", "run_info.json", "calibration.json"]
+    names += [RUN_SETTINGS, "log.txt"]
     names.append(SKIPPED_FILES)
     paths = [out / name for name in names]
     if locations.get("train_log"):

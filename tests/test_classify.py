@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -377,3 +378,86 @@ def test_classifying_a_clip_imports_no_heavy_library(model, inputs):
     report = json.loads(result.stderr.strip().splitlines()[-1])
     assert report == {"code": 0, "loaded": []}, result.stderr
     assert result.stdout.splitlines()[1].split()[0] == str(inputs / "clip.wav")
+
+
+def _just_over_30s(emodb_dir: Path, path: Path) -> None:
+    """A recording just over the 30 s limit (segmented): 4 clips, 6 s apart."""
+    rate = 22050
+    speech = [sf.read(p, dtype="float32")[0] for p in sorted(emodb_dir.glob("*.wav"))[:4]]
+    gap = np.zeros(6 * rate, dtype=np.float32)
+    sf.write(path, np.concatenate([gap] + [x for clip in speech for x in (clip, gap)]), rate)
+
+
+def _check_top(entry: dict, k: int) -> None:
+    """``top``: k distinct labels, the entry's label first, probabilities as in the entry."""
+    top = entry["top"]
+    assert len(top) == k and len({t["label"] for t in top}) == k
+    assert all(set(t) == {"label", "probability"} for t in top)
+    assert top[0]["label"] == entry["label"] and top[0]["probability"] == entry["confidence"]
+    probabilities = [t["probability"] for t in top]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(entry["probabilities"][t["label"]] == t["probability"] for t in top)
+
+
+def test_top_k_json_for_files_and_segments(model, inputs, emodb_dir, tmp_path):
+    classes = json.loads((model / "metadata.json").read_text())["classes"]
+    _just_over_30s(emodb_dir, tmp_path / "long.flac")
+    k = len(classes)  # the largest K accepted: every class, ranked
+    result = run_classify(
+        str(inputs / "clip.wav"),
+        str(tmp_path / "long.flac"),
+        "--model",
+        str(model),
+        "--format",
+        "json",
+        "--top-k",
+        str(k),
+    )
+    assert result.returncode == 0, result.stderr
+    clip, long_file = (json.loads(line) for line in result.stdout.splitlines())
+    fields = ["path", "label", "confidence", "probabilities", "top", "duration_s", "segments"]
+    assert list(clip) == list(long_file) == fields
+    _check_top(clip, k)
+    _check_top(long_file, k)
+    assert len(long_file["segments"]) >= 4
+    for segment in long_file["segments"]:
+        _check_top(segment, k)
+
+
+def test_top_k_csv_and_table(model, inputs):
+    classes = json.loads((model / "metadata.json").read_text())["classes"]
+    common = [str(inputs / "clip.wav"), str(inputs / "silence.wav"), "--model", str(model)]
+    result = run_classify(*common, "--format", "csv", "--top-k", "2")
+    assert result.returncode == 1  # the silent file
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0])[7:] == [*classes, "top1", "top1_p", "top2", "top2_p", "error"]
+    clip, silence = rows
+    assert clip["top1"] == clip["label"] and clip["top1_p"] == clip["confidence"]
+    assert clip["top2"] != clip["top1"] and clip[clip["top2"]] == clip["top2_p"]
+    assert float(clip["top2_p"]) <= float(clip["top1_p"])
+    assert [silence[c] for c in ("top1", "top1_p", "top2", "top2_p")] == ["", "", "", ""]
+    assert "silence only" in silence["error"]
+
+    result = run_classify(*common, "--top-k", "2")
+    assert result.returncode == 1
+    header, clip_line, silence_line = result.stdout.splitlines()
+    assert header.split()[:5] == ["path", "seconds", "label", "conf", "top"]
+    assert header.split()[5:] == classes
+    label, conf = clip_line.split()[2:4]
+    top = re.search(r"  (\w+) \((\d\.\d\d)\), (\w+) \((\d\.\d\d)\)  ", clip_line)
+    assert top is not None, clip_line
+    assert top[1] == label and top[2] == conf and top[3] != label
+    assert float(top[4]) <= float(conf)
+    assert "error: silence only" in silence_line
+
+
+@pytest.mark.parametrize("k", ["0", "-1", "8"])
+def test_top_k_outside_the_classes_is_refused(capsys, model, k):
+    from qieemo_lobes import classify
+
+    argv = ["x.wav", "--model", str(model), "--top-k", k]
+    assert classify.main(argv, configure_process=False) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines() == [
+        f"classify: --top-k must be between 1 and 7 (the model's classes), got {k}"
+    ]

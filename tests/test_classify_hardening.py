@@ -455,7 +455,7 @@ def test_plot_failure_keeps_the_results(run, long_recording, tmp_path, monkeypat
 # 9. A DC offset is no speech, and does not change what the model hears
 
 
-def test_dc_offset_is_silence_alone_and_ignored_under_speech(run, speech, tmp_path):
+def test_dc_offset_is_silence_alone_and_ignored_under_speech(run, recognizer, speech, tmp_path):
     clip = 0.5 * speech[0]
     rng = np.random.default_rng(0)
     files = {
@@ -476,7 +476,10 @@ def test_dc_offset_is_silence_alone_and_ignored_under_speech(run, speech, tmp_pa
     probs = {
         name: np.array(list(records[name]["probabilities"].values())) for name in list(files)[:3]
     }
-    assert np.abs(probs["clip_dc.wav"] - probs["clip.wav"]).max() < 1e-3
+    # A calibration temperature below 1 (the tiny run fits it on 12 validation utterances)
+    # sharpens the probabilities: their differences grow by up to 1 / T.
+    tolerance = 1e-3 / min(1.0, recognizer.temperature)
+    assert np.abs(probs["clip_dc.wav"] - probs["clip.wav"]).max() < tolerance
     assert "label" in records["quiet.wav"]
     assert len(err.splitlines()) == 3  # the two silent files and the summary
 

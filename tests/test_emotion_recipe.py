@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from qieemo_lobes.calibration import MIN_VALID
 from tests.conftest import REPO_ROOT, TINY_WHISPER
 
 RECIPE = REPO_ROOT / "recipes" / "EmoDB" / "emotion"
@@ -168,7 +169,8 @@ def test_ablations_and_a_single_fold(tmp_path, subset, feature_cache):
 
 
 def test_final_model_without_test_fold_exports_and_classifies(tmp_path, subset, feature_cache):
-    """--test_fold=none trains on every fold (a final model); the run exports and classifies."""
+    """--test_fold=none trains on every fold (a final model), calibrates its best checkpoint on
+    the validation utterances at the end of fit; the run exports (with T) and classifies."""
     run = tmp_path / "final"
     result = train_fold(
         subset, run, f"--feature_cache={feature_cache}", "--test_fold=none", *tiny(2)
@@ -178,6 +180,15 @@ def test_final_model_without_test_fold_exports_and_classifies(tmp_path, subset, 
     assert metrics["n_test"] == 0 and "ua" not in metrics
     assert metrics["n_train"] + metrics["n_valid"] == len(list(subset.glob("*.wav")))
     assert not (run / "predictions.csv").exists()
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["n_valid"] == metrics["n_valid"] > 0 and calibration["n_test"] == 0
+    # Fitted from MIN_VALID validation utterances on (this tiny run may have fewer: T = 1).
+    assert calibration["fitted"] is (calibration["n_valid"] >= MIN_VALID)
+    assert calibration["temperature"] > 0
+    for key in ("ece_valid_before", "ece_valid_after", "nll_valid_before", "nll_valid_after"):
+        assert calibration[key] is not None and calibration[key] >= 0, key
+    for key in ("ece_test_before", "ece_test_after", "nll_test_before", "nll_test_after"):
+        assert calibration[key] is None, key
     model = tmp_path / "model"
     export = subprocess.run(
         [sys.executable, "-m", "qieemo_lobes.export", str(run), str(model)],
@@ -186,6 +197,9 @@ def test_final_model_without_test_fold_exports_and_classifies(tmp_path, subset, 
         timeout=300,
     )
     assert export.returncode == 0, export.stderr[-2000:]
+    assert (
+        f"temperature: {calibration['temperature']!r}" in (model / "hyperparams.yaml").read_text()
+    )
     wav = sorted(subset.glob("*.wav"))[0]
     classify = subprocess.run(
         [sys.executable, "-m", "qieemo_lobes.classify", str(wav), "--model", str(model)],

@@ -173,3 +173,72 @@ def test_train_default_model_replaces_the_model_and_keeps_its_card(
     assert card.startswith("# Model card: qieemo default emotion recognizer")
     assert "--emodb E --ravdess R" in card
     assert sorted(p.name for p in tmp_path.iterdir()) == ["default_model", "work"]
+
+
+def test_export_carries_the_temperature_and_the_calibration(exported, tmp_path):  # noqa: F811
+    """The run's calibration.json: T in hyperparams.yaml (a plain number the safe check
+    accepts), the whole report in metadata.json, the ECE before and after in README.md."""
+    from qieemo_lobes.model_folder import check_model_folder
+
+    run, model = exported
+    calibration = json.loads((run / "calibration.json").read_text())
+    lines = (model / "hyperparams.yaml").read_text().splitlines()
+    assert f"temperature: {calibration['temperature']!r}" in lines
+    check_model_folder(model)
+    assert json.loads((model / "metadata.json").read_text())["calibration"] == calibration
+    if not calibration["fitted"]:  # the tiny run's dozen validation utterances: T = 1
+        assert f"not calibrated ({calibration['note']})" in (model / "README.md").read_text()
+        # A run with a fitted temperature: its own calibration.json, exported the same way.
+        run = tmp_path / "run"
+        shutil.copytree(exported[0], run, symlinks=True)
+        calibration.update(fitted=True, temperature=1.75, ece_valid_after=3.25)
+        calibration.update(ece_test_before=12.5, ece_test_after=4.0)
+        calibration.pop("note")
+        (run / "calibration.json").write_text(json.dumps(calibration))
+        model = tmp_path / "model"
+        assert main([str(run), str(model)]) == 0
+        assert "temperature: 1.75" in (model / "hyperparams.yaml").read_text().splitlines()
+        check_model_folder(model)
+    readme = (model / "README.md").read_text()
+    assert f"T = {calibration['temperature']:.3g}" in readme
+    for split, name in (("valid", "validation"), ("test", "test")):
+        before, after = calibration[f"ece_{split}_before"], calibration[f"ece_{split}_after"]
+        assert f"{name} {before:.1f} % -> {after:.1f} %" in readme
+
+
+def test_export_of_a_run_without_calibration_has_no_temperature(exported, tmp_path):  # noqa: F811
+    """Runs made before calibration.json existed export as before: no temperature (T = 1)."""
+    from qieemo_lobes.interfaces import EmotionRecognizer
+
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run, symlinks=True)
+    (run / "calibration.json").unlink()
+    model = tmp_path / "model"
+    assert main([str(run), str(model)]) == 0
+    assert "temperature" not in (model / "hyperparams.yaml").read_text()
+    assert json.loads((model / "metadata.json").read_text())["calibration"] is None
+    assert "not calibrated" in (model / "README.md").read_text()
+    assert EmotionRecognizer.from_hparams(source=str(model)).temperature == 1.0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"temperature": -1.0}',
+        '{"temperature": 0}',
+        '{"temperature": NaN}',
+        '{"temperature": "1.5"}',
+        '{"temperature": true}',
+        '{"n_valid": 3}',
+        "[1.5]",
+        '{"temperature": 1.5',
+    ],
+)
+def test_export_refuses_a_bad_calibration_file(exported, tmp_path, capsys, content):  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run, symlinks=True)
+    (run / "calibration.json").write_text(content)
+    assert main([str(run), str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"export: {run / 'calibration.json'}: "), err
+    assert not (tmp_path / "model").exists() and _leftovers(tmp_path) == []

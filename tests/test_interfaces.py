@@ -3,7 +3,8 @@
 A whisper-tiny.en recipe run on three EmoDB speakers is trained once per test session
 (:func:`tiny_run`), exported with ``python -m qieemo_lobes.export`` and loaded with
 ``EmotionRecognizer.from_hparams`` with the network blocked. The interface must reproduce the
-probabilities the recipe wrote to ``predictions.csv`` for its test speaker.
+probabilities the recipe wrote to ``predictions.csv`` for its test speaker, calibrated with the
+temperature the run fitted on its validation utterances (``calibration.json``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import soundfile as sf
 import torch
 import yaml
 
+from qieemo_lobes.calibration import MIN_VALID
 from tests.conftest import REPO_ROOT, TINY_WHISPER
 
 RECIPE = REPO_ROOT / "recipes" / "EmoDB" / "emotion"
@@ -123,6 +125,19 @@ def _best_checkpoint(run: Path) -> Path:
     return max(ckpts)[2]
 
 
+def _temperature(model: Path) -> float:
+    """The model folder's calibration temperature (1 when it has none)."""
+    for line in (model / "hyperparams.yaml").read_text().splitlines():
+        if line.startswith("temperature:"):
+            return float(line.split(":", 1)[1])
+    return 1.0
+
+
+def _calibrated(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(log(probs) / T): what the interface returns for the recipe's probabilities."""
+    return torch.softmax(probs.clamp_min(1e-12).log() / temperature, dim=-1)
+
+
 def test_export_writes_a_small_complete_model_folder(exported):
     run, model = exported
     assert sorted(p.name for p in model.iterdir()) == [
@@ -202,6 +217,7 @@ def _assert_reproduces(recognizer, recipe_predictions: list[dict]) -> None:
         probs.append(out_prob.exp())
     probs = torch.cat(probs)
     expected = torch.tensor([[float(row[c]) for c in labels] for row in recipe_predictions])
+    expected = _calibrated(expected, recognizer.temperature)
     assert (probs - expected).abs().max() < PROB_TOL
     margin = expected.topk(2).values.diff(dim=1).abs().squeeze(1)
     for row, p, m in zip(recipe_predictions, probs, margin, strict=True):
@@ -221,8 +237,82 @@ def test_classify_file_returns_encoder_classifier_tuple(recognizer, recipe_predi
         assert float(score[0]) == pytest.approx(float(out_prob.max()))
         assert int(index[0]) == int(out_prob.argmax())
         assert text_lab == [labels[int(index[0])]]
-        expected = torch.tensor([float(row[c]) for c in labels])
-        assert (out_prob.exp()[0] - expected).abs().max() < PROB_TOL
+        expected = torch.tensor([[float(row[c]) for c in labels]])
+        expected = _calibrated(expected, recognizer.temperature)
+        assert (out_prob.exp() - expected).abs().max() < PROB_TOL
+
+
+def test_recipe_writes_calibration_json(exported):
+    """The run fits a temperature on its validation utterances (never the test speaker) and
+    gives the ECE and NLL before and after, on validation and test."""
+    run, model = exported
+    calibration = json.loads((run / "calibration.json").read_text())
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert set(calibration) >= {
+        "temperature",
+        "n_valid",
+        "n_test",
+        "ece_valid_before",
+        "ece_valid_after",
+        "nll_valid_before",
+        "nll_valid_after",
+        "ece_test_before",
+        "ece_test_after",
+        "nll_test_before",
+        "nll_test_after",
+    }
+    # The tiny run validates on a dozen utterances: too few to fit T on (MIN_VALID), so T = 1.
+    fitted = calibration["n_valid"] >= MIN_VALID
+    assert calibration["fitted"] is fitted and ("note" in calibration) is not fitted
+    temperature = calibration["temperature"]
+    assert fitted or temperature == 1.0
+    assert isinstance(temperature, float) and 0 < temperature < float("inf")
+    assert calibration["n_valid"] == metrics["n_valid"] > 0
+    assert calibration["n_test"] == metrics["n_test"] > 0
+    for key, value in calibration.items():
+        if key.startswith("ece_"):
+            assert 0 <= value <= 100, (key, value)
+        elif key.startswith("nll_"):
+            assert 0 < value < float("inf"), (key, value)
+    # T minimises the validation NLL, and T = 1 is in the search range.
+    assert calibration["nll_valid_after"] <= calibration["nll_valid_before"] + 1e-6
+    # The test numbers are those of the recipe's test predictions (before) and of the same
+    # probabilities at T (after): the test fold is measured, never fitted on.
+    from qieemo_lobes.calibration import expected_calibration_error
+
+    rows = _predictions(run)
+    labels = metrics["classes"]
+    probs = torch.tensor([[float(row[c]) for c in labels] for row in rows], dtype=torch.float64)
+    truth = torch.tensor([labels.index(row["true"]) for row in rows])
+    for when, t in (("before", 1.0), ("after", temperature)):
+        ece = expected_calibration_error(probs.clamp_min(1e-12).log(), truth, t)
+        assert ece == pytest.approx(calibration[f"ece_test_{when}"], abs=0.5), when
+    # The export carries T: the model folder's temperature is the run's.
+    assert _temperature(model) == pytest.approx(temperature, abs=1e-6)
+
+
+def test_classify_batch_divides_the_head_logits_by_the_temperature(recognizer, recipe_predictions):
+    """out_prob.exp() == softmax(head logits / T), at the exported T and at another one; the
+    labels never change."""
+    from qieemo_lobes.audio import load_audio, remove_dc
+
+    wavs = [load_audio(row["wav"]) for row in recipe_predictions[:4]]
+    batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    lens = torch.tensor([len(w) for w in wavs]) / batch.shape[1]
+    with torch.no_grad():
+        blocks, ppg = recognizer.mods.encoder(remove_dc(batch, lens), lens)
+        logits = recognizer.mods.head(blocks, ppg, lens).float()
+    exported_t = recognizer.temperature
+    try:
+        for temperature in (exported_t, 2.5):
+            recognizer.temperature = temperature
+            out_prob, score, index, _ = recognizer.classify_batch(batch, lens)
+            expected = torch.softmax(logits / temperature, dim=-1)
+            assert (out_prob.exp() - expected).abs().max() < 1e-5
+            assert torch.equal(index, logits.argmax(-1))
+            assert torch.allclose(score, out_prob.max(-1).values)
+    finally:
+        recognizer.temperature = exported_t
 
 
 def test_padding_does_not_change_results(recognizer, recipe_predictions):

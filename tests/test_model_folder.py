@@ -58,6 +58,11 @@ PAYLOADS = {
         '  source: "(!!python/object/apply:os.system [touch MARKER])"',
         "HyperPyYAML tuple",
     ),
+    "temperature_apply": (  # the calibration temperature is a number, never a call
+        "sample_rate: 16000",
+        'temperature: !apply:os.system ["touch MARKER"]\nsample_rate: 16000',
+        "!apply:os.system",
+    ),
 }
 
 
@@ -135,6 +140,48 @@ def test_only_the_exported_structure_is_accepted(tmp_path, old, new, problem):
     line = int(message[len(str(hparams)) + 1 :].split(":", 1)[0])
     changed = text.replace(old, new, 1).splitlines()
     assert any(part in changed[line - 1] for part in new.split("\n") if part.strip()), message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "!new:qieemo_lobes.qieemo.QieemoHead",
+        "!ref <n_classes>",
+        "abc",
+        '"1.5"',
+        "-1.0",
+        "0",
+        "0.0",
+        ".nan",
+        ".inf",
+        "1e999",
+        "true",
+        "null",
+        "[1.5]",
+        "{value: 1.5}",
+    ],
+)
+def test_temperature_must_be_a_plain_positive_number(tmp_path, value):
+    hparams = tmp_path / "hyperparams.yaml"
+    text = (DEFAULT_MODEL_DIR / "hyperparams.yaml").read_text()
+    text = text.replace("n_classes: 4\n", f"n_classes: 4\ntemperature: {value}\n", 1)
+    hparams.write_text(text)
+    with pytest.raises(ModelFolderError) as refused:
+        check_hyperparams(hparams)
+    message = str(refused.value)
+    line = _line_of(text, "temperature:")
+    assert "\n" not in message and message.startswith(f"{hparams}:{line}: "), message
+    assert "temperature must be a positive number" in message, message
+
+
+@pytest.mark.parametrize("value", ["1.5", "2", "0.05", "1.234567", "20.0"])
+def test_temperature_of_an_export_is_accepted(tmp_path, value):
+    """Exports of calibrated runs carry ``temperature: T`` (a plain top-level number)."""
+    hparams = tmp_path / "hyperparams.yaml"
+    text = (DEFAULT_MODEL_DIR / "hyperparams.yaml").read_text()
+    text = text.replace("n_classes: 4\n", f"n_classes: 4\ntemperature: {value}\n", 1)
+    hparams.write_text(text)
+    check_hyperparams(hparams)
 
 
 def test_block_tuner_of_an_export_is_accepted(tmp_path):
