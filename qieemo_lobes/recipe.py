@@ -85,6 +85,7 @@ from qieemo_lobes.run_folder import (
     write_skipped_files,
 )
 from qieemo_lobes.run_settings import RECIPE_FLAGS, training_speeds
+from qieemo_lobes.sampling import balanced_sampler
 
 logger = get_logger(__name__)
 
@@ -346,6 +347,10 @@ def dataio_prepare(
                 sort_key="duration", reverse=hparams["sorting"] == "descending"
             )
             hparams["train_dataloader_opts"]["shuffle"] = False
+        elif hparams.get("balanced_sampling", "none") != "none":
+            sampler = balanced_sampler(data, hparams["balanced_sampling"], hparams["seed"])
+            hparams["train_dataloader_opts"]["sampler"] = sampler
+            hparams["train_dataloader_opts"]["shuffle"] = False
         elif hparams["sorting"] == "random":
             hparams["train_dataloader_opts"]["shuffle"] = True
         else:
@@ -547,12 +552,47 @@ def _cached_inputs(hparams: dict) -> dict:
             for voice, path in variants:
                 entries[utt + voice] = path
                 speaker_of[utt + voice] = speaker_of[utt] + voice
-        speaker_stats = speaker_statistics(entries, speaker_of, read=cache.read_entry)
+        if hparams.get("norm_group", "speaker") == "fold":
+            speaker_stats = _fold_statistics(entries, records, train_variants, cache.read_entry)
+        else:
+            speaker_stats = speaker_statistics(entries, speaker_of, read=cache.read_entry)
     return {
         "feature_paths": feature_paths,
         "train_variants": train_variants,
         "speaker_stats": speaker_stats,
         "read_entry": cache.read_entry,
+    }
+
+
+def _fold_statistics(
+    entries: dict[str, Path], records: dict, train_variants: dict | None, read: Callable
+) -> dict[str, dict]:
+    """``norm_group: fold``: every speaker standardised with the statistics of its whole fold.
+
+    With a CSV whose fold is the corpus (the cross-corpus benchmark's manifests) this is
+    per-corpus normalisation: the held-out corpus' statistics come from its own unlabelled audio
+    (transductive, like per-speaker normalisation). Returned keyed by speaker (and voice), as
+    :func:`dataio_prepare` looks them up.
+    """
+    fold_of: dict[str, str] = {}
+    for record in records.values():
+        fold = str(record.get("fold", ""))
+        if fold_of.setdefault(record["spk_id"], fold) != fold:
+            raise RecipeError(
+                f"norm_group fold: speaker {record['spk_id']} is in folds "
+                f"{fold_of[record['spk_id']]} and {fold}; each speaker must be in one fold"
+            )
+    group_of = {utt: fold_of[record["spk_id"]] for utt, record in records.items()}
+    for utt, variants in (train_variants or {}).items():
+        for voice, _ in variants:
+            group_of[utt + voice] = group_of[utt] + voice
+    by_fold = speaker_statistics(entries, group_of, read=read)
+    voices = {voice for variants in (train_variants or {}).values() for voice, _ in variants}
+    return {
+        speaker + voice: by_fold[fold + voice]
+        for speaker, fold in fold_of.items()
+        for voice in voices | {""}
+        if fold + voice in by_fold
     }
 
 
@@ -580,6 +620,8 @@ def _train_and_evaluate(hparams: dict, run_opts: dict, summary: dict) -> tuple[d
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    # SpeechBrain calls set_epoch only on a sampler it made itself or that is set here.
+    brain.train_sampler = hparams["train_dataloader_opts"].get("sampler")
     brain.fit(
         brain.hparams.epoch_counter,
         datasets["train"],

@@ -50,6 +50,7 @@ from qieemo_lobes.run_settings import (
     settings_difference,
     training_speeds,
 )
+from qieemo_lobes.sampling import MODES
 
 __all__ = [
     "RUN_SETTINGS",
@@ -175,6 +176,17 @@ def check_run_settings(hparams_file: str, overrides: str | list[str]) -> tuple[d
             raise RecipeError(_SPEAKER_NORM_REFUSED.format(hparams_file))
         if settings.get("window", "fit") != "fit":
             raise RecipeError(_WINDOW_REFUSED.format(hparams_file))
+    if settings.get("norm_group", "speaker") not in ("speaker", "fold"):
+        raise RecipeError(
+            f"--norm_group={settings['norm_group']}: norm_group must be speaker or fold"
+        )
+    balanced = settings.get("balanced_sampling", "none")
+    if balanced not in MODES:
+        raise RecipeError(
+            f"--balanced_sampling={balanced}: balanced_sampling must be one of {', '.join(MODES)}"
+        )
+    if balanced != "none" and settings.get("sorting", "random") != "random":
+        raise RecipeError("balanced_sampling draws at random: it needs sorting: random")
     sorting = settings.get("sorting", "random")
     if sorting not in ("random", "ascending", "descending"):
         raise RecipeError(f"--sorting={sorting}: sorting must be random, ascending or descending")

