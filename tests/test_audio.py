@@ -288,8 +288,10 @@ def test_unsupported_format(tmp_path: Path):
     body = b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00M4A isomiso2" + bytes(range(256)) * 8
     (tmp_path / "voice.m4a").write_bytes(body)
     err = problem_of(tmp_path / "voice.m4a")
-    if ".m4a" not in audio_extensions():  # no torchcodec here: reported, not attempted
-        assert err.problem.startswith("unsupported audio format '.m4a'")
+    if ".m4a" not in audio_extensions():  # no ffmpeg here: reported, not attempted
+        assert err.problem.startswith("cannot decode .m4a audio: install ffmpeg")
+    else:  # ffmpeg finds no audio in it
+        assert err.problem.startswith("not a readable audio file")
 
 
 def test_too_long_for_whole_file(tmp_path: Path):
