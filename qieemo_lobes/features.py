@@ -24,6 +24,12 @@ together, as from another voice) are cached beside the original under ``speed`` 
 recipe encodes each training clip once per speed and reads one of them at random each epoch,
 which augments training without running the encoder per epoch.
 
+Other copies of a clip (the corrupted copies of :mod:`qieemo_lobes.augmentation`) are cached the
+same way under ``copy``: any callable ``copy(wav) -> wav`` on the 16 kHz waveform with a
+``suffix`` attribute that names everything its output depends on besides the audio itself (the
+entry is ``<key><suffix>.pt``; the same suffix must always mean the same transform). It is
+applied to the clip as read (before a speed change, if any).
+
 Example
 -------
 >>> import torch, tempfile
@@ -149,6 +155,24 @@ def _duration(wav: str) -> float:
         raise FeatureCacheError(f"{wav}: cannot read the audio file ({problem})") from None
 
 
+def content_key(wav: str, start: float | None = None, stop: float | None = None) -> str:
+    """The digest that names an audio file's (segment's) entries: :func:`file_digest`, hashed
+    once per process while the file's size and mtime stay the same.
+
+    Raises
+    ------
+    FeatureCacheError
+        One line, when the file cannot be read.
+    """
+    try:
+        stat = os.stat(wav)
+        return _memo_digest(os.path.abspath(wav), start, stop, stat.st_size, stat.st_mtime_ns)
+    except OSError as err:
+        raise FeatureCacheError(
+            f"{wav}: cannot read the audio file ({err.strerror or one_line(err)})"
+        ) from None
+
+
 def file_digest(path: str, start: float | None = None, stop: float | None = None) -> str:
     """sha1 of a file's bytes (and of the segment bounds, when given)."""
     digest = hashlib.sha1()
@@ -185,37 +209,45 @@ class FeatureCache:
         self.root = Path(folder)
         self.folder = self.root / f"{encoder.identity}{INPUT_VERSION}"
         self.dtype = dtype
-        # entry path -> (wav, start, stop, speed) it is computed from, for every entry asked for
-        # through entry(), precompute() or load(): what read_entry() recomputes a damaged one from.
-        self.sources: dict[Path, tuple[str, float | None, float | None, int]] = {}
+        # entry path -> (wav, start, stop, speed, copy) it is computed from, for every entry
+        # asked for through entry(), precompute() or load(): what read_entry() recomputes a
+        # damaged one from.
+        self.sources: dict[Path, tuple] = {}
 
     def entry(
-        self, wav: str, start: float | None = None, stop: float | None = None, speed: int = 100
+        self,
+        wav: str,
+        start: float | None = None,
+        stop: float | None = None,
+        speed: int = 100,
+        copy: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> Path:
-        """Where the features of this audio (segment), played at ``speed`` percent, are stored.
+        """Where the features of this audio (segment), played at ``speed`` percent, are stored;
+        with ``copy``, those of that copy of it (see the module docstring).
 
         The entry is remembered with its audio, so that :meth:`read_entry` can recompute it.
         """
-        try:
-            stat = os.stat(wav)
-            key = _memo_digest(os.path.abspath(wav), start, stop, stat.st_size, stat.st_mtime_ns)
-        except OSError as err:
-            raise FeatureCacheError(
-                f"{wav}: cannot read the audio file ({err.strerror or one_line(err)})"
-            ) from None
+        key = content_key(wav, start, stop)
         suffix = "" if speed == 100 else f"_speed{speed}"
+        if copy is not None:
+            suffix += copy.suffix
         path = self.folder / key[:2] / f"{key}{suffix}.pt"
-        self.sources[path] = (os.fspath(wav), start, stop, speed)
+        self.sources[path] = (os.fspath(wav), start, stop, speed, copy)
         return path
 
     def load(
-        self, wav: str, start: float | None = None, stop: float | None = None, speed: int = 100
+        self,
+        wav: str,
+        start: float | None = None,
+        stop: float | None = None,
+        speed: int = 100,
+        copy: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(blocks (n_blocks, T, D), ppg (T, P))`` of one utterance; computed if missing,
-        recomputed (with a warning) if damaged."""
-        path = self.entry(wav, start, stop, speed)
+        """``(blocks (n_blocks, T, D), ppg (T, P))`` of one utterance (or of its ``copy``);
+        computed if missing, recomputed (with a warning) if damaged."""
+        path = self.entry(wav, start, stop, speed, copy)
         if not path.exists():
-            self._compute([(path, os.fspath(wav), start, stop)], speed)
+            self._compute([(path, os.fspath(wav), start, stop, copy)], speed)
         return self.read_entry(path)
 
     def read_entry(self, path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,10 +273,10 @@ class FeatureCache:
             raise FeatureCacheError(
                 f"{problem}; it cannot be recomputed: its audio file is unknown here"
             )
-        wav, start, stop, speed = source
+        wav, start, stop, speed, copy = source
         segment = "" if start is None and stop is None else f" ({start}-{stop} s)"
         logger.warning("%s; recomputing it from %s%s", problem, wav, segment)
-        self._compute([(path, wav, start, stop)], speed)
+        self._compute([(path, wav, start, stop, copy)], speed)
         return read_entry_file(path)
 
     def precompute(
@@ -253,18 +285,22 @@ class FeatureCache:
         batch_seconds: float = 60.0,
         progress: bool = True,
         speed: int = 100,
+        copies: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> dict[str, Path]:
         """Compute every missing entry; returns ``{utterance_id: entry path}``.
 
         ``utterances`` maps ids to manifest records with ``wav`` (and optional ``start`` and
         ``stop`` seconds). Missing entries are encoded in batches of similar length, up to about
         ``batch_seconds`` of audio each. Already cached entries are skipped, so an interrupted
-        run resumes. ``speed`` (percent, 100: unchanged) encodes speed-perturbed copies.
+        run resumes. ``speed`` (percent, 100: unchanged) encodes speed-perturbed copies;
+        ``copies`` (``{utterance_id: copy}``, see the module docstring) encodes those copies of
+        the utterances instead of the utterances themselves.
         """
         todo, paths = [], {}
         for utt_id, record in utterances.items():
             start, stop = record.get("start"), record.get("stop")
-            path = self.entry(record["wav"], start, stop, speed)
+            copy = copies[utt_id] if copies is not None else None
+            path = self.entry(record["wav"], start, stop, speed, copy)
             paths[utt_id] = path
             if path.exists() and looks_complete(path):
                 continue
@@ -273,7 +309,7 @@ class FeatureCache:
                     "%s: damaged feature cache entry; recomputing it from %s", path, record["wav"]
                 )
             duration = record.get("duration") or _duration(record["wav"])
-            todo.append((duration * 100 / speed, path, record["wav"], start, stop))
+            todo.append((duration * 100 / speed, path, record["wav"], start, stop, copy))
         if todo:
             self._check_writable()
         todo.sort(key=lambda item: item[0])
@@ -287,6 +323,8 @@ class FeatureCache:
         if current:
             batches.append(current)
         desc = f"features {self.encoder.identity}" + ("" if speed == 100 else f" speed {speed}%")
+        if copies is not None:
+            desc += " corrupted copies"
         bar = tqdm(total=len(todo), desc=desc, disable=not progress)
         for batch in batches:
             self._compute(batch, speed)
@@ -310,20 +348,28 @@ class FeatureCache:
 
     @torch.no_grad()
     def _compute(self, batch: list[tuple], speed: int = 100) -> None:
-        """Encode ``[(entry path, wav, start, stop)]`` and store every entry.
+        """Encode ``[(entry path, wav, start, stop, copy)]`` and store every entry.
 
         Entries with non-finite outputs are not stored: the finite ones of the batch are, then
         :class:`FeatureCacheError` names the audio files concerned.
         """
         wavs = []
-        for _, wav, start, stop in batch:
+        for _, wav, start, stop, copy in batch:
             try:
-                wavs.append(read_audio(wav, start, stop))
+                samples = read_audio(wav, start, stop)
             except Exception as err:  # soundfile and resampling fail with several types
                 problem = getattr(err, "problem", None) or one_line(err)
                 raise FeatureCacheError(
                     f"{wav}: cannot read the audio to encode it ({problem})"
                 ) from None
+            if copy is not None:
+                try:
+                    samples = copy(samples)
+                except ValueError as err:  # e.g. CorruptionError: ffmpeg failed
+                    raise FeatureCacheError(
+                        f"{wav}: cannot make its copy {copy.suffix} ({one_line(err)})"
+                    ) from None
+            wavs.append(samples)
         if speed != 100:
             perturb = SpeedPerturb(orig_freq=SAMPLE_RATE, speeds=[speed])
             wavs = [perturb(wav[None])[0] for wav in wavs]
@@ -335,7 +381,7 @@ class FeatureCache:
         blocks, ppg = self.encoder(padded.to(device), (lengths / lengths.max()).to(device))
         n_frames = blocks.shape[2]
         not_finite = []
-        for i, (path, wav, start, stop) in enumerate(batch):
+        for i, (path, wav, start, stop, _) in enumerate(batch):
             frames = max(1, int(round(float(lengths[i]) / float(lengths.max()) * n_frames)))
             entry = {
                 "blocks": blocks[:, i, :frames].to("cpu", self.dtype).clone(),

@@ -11,6 +11,10 @@ file. One fold is trained per call::
 - ``speed_perturb`` (percent, e.g. ``[90, 100, 110]``): training clips are speed-perturbed
   (SpeechBrain's ``SpeedPerturb``). With the cache every speed is encoded once and each epoch
   reads one at random; with a live encoder each training batch is perturbed on the fly.
+- ``augment_copies`` (0: off) with ``augment_corruptions``: corrupted copies of the training
+  clips (the corruption suite: noise, babble, rooms, telephone, codecs, gain). With the cache
+  each training clip gets that many copies, encoded once and read like speed copies; with a live
+  encoder each training batch is corrupted on the fly (:mod:`qieemo_lobes.augmentation`).
 - ``--freeze_encoder=False`` (optionally ``--unfreeze_top=N``) trains the encoder too, with its
   own optimiser and learning rate (for GPU users).
 - The best checkpoint by validation UA is tested. ``OUT/test_metrics.json`` holds WA, UA, WF1,
@@ -61,6 +65,7 @@ from speechbrain.augment.time_domain import SpeedPerturb
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
+from qieemo_lobes.augmentation import AugmentationError, cache_copies, copies_of, live_augmenter
 from qieemo_lobes.calibration import calibration_report
 from qieemo_lobes.checkpoints import SafeCheckpointer, remove_broken_checkpoints
 from qieemo_lobes.errors import NonFiniteError, RecipeError, one_line, os_error_line
@@ -122,6 +127,13 @@ class EmotionBrain(sb.Brain):
             wavs, lens = batch.sig
             if stage == sb.Stage.TRAIN and hasattr(self.hparams, "augment"):
                 wavs, lens = self.hparams.augment(wavs, lens)
+            if stage == sb.Stage.TRAIN and getattr(self, "corruption", None) is not None:
+                augmenter, corrupter = self.corruption
+                corrupter.set_batch(batch.id, self._epoch())
+                try:
+                    wavs, lens = augmenter(wavs, lens)
+                except AugmentationError as err:  # e.g. ffmpeg failed on a clip
+                    raise RecipeError(str(err)) from None
             if stage == sb.Stage.TRAIN and self.speed_perturb is not None:
                 # One speed per batch: every clip scales alike, relative lengths are unchanged.
                 wavs = self.speed_perturb(wavs)
@@ -201,6 +213,11 @@ class EmotionBrain(sb.Brain):
         self.speed_perturb = (
             SpeedPerturb(SAMPLE_RATE, speeds=speeds) if live and speeds != [100] else None
         )
+        # Corrupted copies likewise: on the fly for a live encoder only.
+        try:
+            self.corruption = live_augmenter(vars(self.hparams)) if live else None
+        except AugmentationError as err:  # e.g. babble with a single training speaker
+            raise RecipeError(str(err)) from None
 
     def on_stage_start(self, stage, epoch=None):
         self.outputs = []
@@ -285,9 +302,10 @@ def dataio_prepare(
     given; otherwise the waveform ``sig``. ``train_variants`` (``{utterance id: [(voice, cache
     entry)]}``, e.g. speed-perturbed copies) makes the training set read one of an utterance's
     entries at random each time it is drawn; ``voice`` is appended to the speaker id to find its
-    statistics (``""`` for the original, ``"@90"`` for the copy played at 90 %). ``read_entry``
-    reads a cache entry as ``(blocks, ppg)`` (the cache's :meth:`FeatureCache.read_entry`, which
-    recomputes a damaged entry); by default ``torch.load(weights_only=True)``.
+    statistics (``""`` for the original, ``"@90"`` for the copy played at 90 %, ``"@aug1"`` for
+    the first corrupted copy). ``read_entry`` reads a cache entry as ``(blocks, ppg)`` (the
+    cache's :meth:`FeatureCache.read_entry`, which recomputes a damaged entry); by default
+    ``torch.load(weights_only=True)``.
     """
     label_encoder = hparams["label_encoder"]
     if read_entry is None:
@@ -520,8 +538,8 @@ def _cached_inputs(hparams: dict) -> dict:
     """Fill the feature cache (main process); the pipeline's cache entries and statistics.
 
     Returns the keyword arguments of :func:`dataio_prepare` for a frozen, cached encoder:
-    ``feature_paths``, ``train_variants`` (speed-perturbed copies of the training clips),
-    ``speaker_stats`` (with ``speaker_norm``) and ``read_entry``.
+    ``feature_paths``, ``train_variants`` (speed-perturbed and corrupted copies of the training
+    clips), ``speaker_stats`` (with ``speaker_norm``) and ``read_entry``.
     """
     cache = FeatureCache(hparams["encoder"], hparams["feature_cache"])
     records = _read_manifests(hparams)
@@ -529,7 +547,7 @@ def _cached_inputs(hparams: dict) -> dict:
     feature_paths = cache.precompute(records, progress=False)  # all cached now: paths only
     train_variants = None
     speeds = training_speeds(hparams)
-    if speeds != [100]:
+    if speeds != [100] or copies_of(hparams):
         with open(hparams["train_annotation"]) as fh:
             train = {utt: records[utt] for utt in json.load(fh)}
         train_variants = {utt: [] for utt in train}
@@ -542,10 +560,18 @@ def _cached_inputs(hparams: dict) -> dict:
             run_on_main(cache.precompute, kwargs=kwargs)
             for utt, path in cache.precompute(**kwargs, progress=False).items():
                 train_variants[utt].append((f"@{speed}", path))
+        if copies_of(hparams):  # made from the original speed only
+            try:
+                corrupted = cache_copies(cache, train, hparams, run_on_main=run_on_main)
+            except AugmentationError as err:  # e.g. babble with a single training speaker
+                raise RecipeError(str(err)) from None
+            for utt, variants in corrupted.items():
+                train_variants[utt].extend(variants)
     speaker_stats = None
     if hparams.get("speaker_norm", False):
         # A speed-perturbed copy sounds like another voice: standardised with the
-        # statistics of the same speaker's copies at that speed.
+        # statistics of the same speaker's copies at that speed (corrupted copy k: with those
+        # of the speaker's k-th copies).
         entries = dict(feature_paths)
         speaker_of = {utt: record["spk_id"] for utt, record in records.items()}
         for utt, variants in (train_variants or {}).items():

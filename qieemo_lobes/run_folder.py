@@ -4,7 +4,8 @@ A run of an emotion recipe (:func:`qieemo_lobes.recipe.run_training`) owns its o
 
 - :func:`check_run_settings` refuses bad settings before anything is built (an unknown or
   misspelled override, a value of the wrong type or range, an unset ``!PLACEHOLDER``, a wrong
-  test fold, a missing data folder, a feature cache that cannot be written), each with one line;
+  test fold, a missing data folder, a feature cache that cannot be written, training
+  augmentation that cannot be made), each with one line;
 - :func:`locked_output_folder` holds :class:`~qieemo_lobes.files.FolderLock` on the folder
   while the run lasts, so a second run into it is refused;
 - :func:`claim_output_folder` records the settings in ``run_settings.json`` and refuses to
@@ -40,6 +41,7 @@ from typing import Any
 from speechbrain.utils.checkpoints import CKPT_PREFIX
 from speechbrain.utils.distributed import if_main_process
 
+from qieemo_lobes.augmentation import check_augmentation
 from qieemo_lobes.errors import RecipeError, one_line, os_error_line
 from qieemo_lobes.files import FolderLock, atomic_open, write_json_atomic
 from qieemo_lobes.run_settings import (
@@ -140,7 +142,8 @@ def check_run_settings(hparams_file: str, overrides: str | list[str]) -> tuple[d
     RecipeError
         One line: an unknown override, a value of the wrong type or range, an unset
         ``!PLACEHOLDER``, a wrong test fold, a missing data folder, a feature cache that cannot
-        be written.
+        be written, training augmentation that cannot be made (an unknown corruption, negative
+        copies, a corruption this machine cannot make: ffmpeg or pyroomacoustics missing).
     """
     import ruamel.yaml
 
@@ -163,6 +166,7 @@ def check_run_settings(hparams_file: str, overrides: str | list[str]) -> tuple[d
         _check_test_fold(settings["test_fold"])
     try:
         training_speeds(settings)
+        check_augmentation(settings)
     except ValueError as err:
         raise RecipeError(f"{hparams_file}: {err}") from None
     if settings.get("use_feature_cache") and not settings.get("freeze_encoder", True):

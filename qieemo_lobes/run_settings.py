@@ -62,7 +62,21 @@ WRITE_LOCATIONS = frozenset({"output_folder", "save_folder", "train_log", "featu
 _PLAIN = (str, int, float, bool, type(None))
 # Settings that must be positive, or at least zero, whatever the recipe (when present).
 _POSITIVE = ("number_of_epochs", "batch_size", "lr", "encoder_lr", "d_model", "d_ffn", "nhead")
-_NOT_NEGATIVE = ("final_lr", "unfreeze_top", "tune_blocks", "cma_layers", "valid_ratio")
+_NOT_NEGATIVE = (
+    "final_lr",
+    "unfreeze_top",
+    "tune_blocks",
+    "cma_layers",
+    "valid_ratio",
+    "augment_copies",
+)
+# Settings added after runs were recorded without them, with the value that changes nothing:
+# a recorded run that lacks one is the same as a run with that value (it resumes). A setting
+# mapped to a (setting, value) pair does not matter while that setting has that value.
+_ADDED_LATER: dict[str, Any] = {
+    "augment_copies": 0,
+    "augment_corruptions": ("augment_copies", 0),
+}
 
 
 def _yaml() -> ruamel.yaml.YAML:
@@ -235,11 +249,33 @@ def settings_difference(old: Mapping, new: Mapping) -> list[str]:
     lines = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, unset), new.get(key, unset)
+        if _inert_addition(key, old, new) or _inert_addition(key, new, old):
+            continue
         if before != after or type(before) is not type(after):
             if before is not unset and after is not unset and _same_number(before, after):
                 continue
             lines.append(f"{key}: {_show(before, unset)} -> {_show(after, unset)}")
     return lines
+
+
+def _inert_addition(key: str, without: Mapping, having: Mapping) -> bool:
+    """Whether ``key``, absent from ``without``, is a setting added later whose value in
+    ``having`` changes nothing (:data:`_ADDED_LATER`): an older run's record is the same run.
+
+    Example
+    -------
+    >>> _inert_addition("augment_copies", {"lr": 0.1}, {"lr": 0.1, "augment_copies": 0})
+    True
+    >>> _inert_addition("augment_corruptions", {}, {"augment_copies": 2, "augment_corruptions": []})
+    False
+    """
+    if key in without or key not in _ADDED_LATER or key not in having:
+        return False
+    inert = _ADDED_LATER[key]
+    if isinstance(inert, tuple):  # irrelevant while another setting has a value
+        other, value = inert
+        return having.get(other, value) == value and without.get(other, value) == value
+    return having[key] == inert
 
 
 def _same_number(a: Any, b: Any) -> bool:
