@@ -76,6 +76,8 @@ _NOT_NEGATIVE = (
 _ADDED_LATER: dict[str, Any] = {
     "augment_copies": 0,
     "augment_corruptions": ("augment_copies", 0),
+    "balanced_sampling": "none",
+    "norm_group": ("speaker_norm", False),
 }
 
 
