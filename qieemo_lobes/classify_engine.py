@@ -10,6 +10,9 @@
   probabilities are the segments' duration-weighted mean (:func:`aggregate`).
 - Nothing raises for one file: a problem (unreadable audio, silence, a model failure,
   non-finite output: :data:`NON_FINITE_PROBLEM`) is that file's :attr:`FileResult.error`.
+- The recognizer is an :class:`~qieemo_lobes.interfaces.EmotionRecognizer` (torch) or an
+  :class:`~qieemo_lobes.onnx_inference.OnnxRecognizer` (``backend = "onnx"``: numpy audio,
+  onnxruntime, its own segmenter). Nothing here imports torch until a torch recognizer runs.
 
 Example
 -------
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from qieemo_lobes.interfaces import EmotionRecognizer
+    from qieemo_lobes.onnx_inference import OnnxRecognizer
 
 __all__ = [
     "BATCH_SECONDS",
@@ -127,23 +131,51 @@ class _ModelProblem(Exception):
     """The model could not classify something; ``str()`` is the problem for the file's line."""
 
 
-class _Engine:
-    """Runs a recognizer over files: short ones batched by length, long ones segmented."""
+class _TorchBackend:
+    """How the engine reads audio for an :class:`EmotionRecognizer` and runs it (torch).
 
-    def __init__(self, recognizer: EmotionRecognizer, batch_size: int):
+    :class:`~qieemo_lobes.onnx_inference.OnnxRecognizer` has the same four methods itself.
+    """
+
+    def __init__(self, recognizer: EmotionRecognizer):
+        self.recognizer = recognizer
+
+    def segmenter(self) -> Callable[[str], list]:
         from qieemo_lobes.segmentation import SpeechSegmenter
 
-        self.recognizer = recognizer
-        self.batch_size = batch_size
-        self.segmenter = SpeechSegmenter()
+        return SpeechSegmenter()
 
-    def _classify(self, wavs: list) -> list[list[float]]:
+    def load(self, path: str):
+        from qieemo_lobes.audio import load_audio
+
+        return load_audio(path, target_sr=self.recognizer.sample_rate)
+
+    def segment_waveforms(self, path: str, spans: list) -> Iterator[tuple[float, float, Any]]:
+        from qieemo_lobes.segmentation import iter_segment_waveforms
+
+        return iter_segment_waveforms(path, spans, self.recognizer.sample_rate)
+
+    def probabilities(self, wavs: list) -> list[list[float]]:
         import torch
         from speechbrain.utils.data_utils import batch_pad_right
 
         padded, lens = batch_pad_right(wavs)
         out_prob, _, _, _ = self.recognizer.classify_batch(padded, torch.as_tensor(lens))
         return out_prob.exp().cpu().tolist()
+
+
+class _Engine:
+    """Runs a recognizer over files: short ones batched by length, long ones segmented."""
+
+    def __init__(self, recognizer: EmotionRecognizer | OnnxRecognizer, batch_size: int):
+        self.recognizer = recognizer
+        onnx = getattr(recognizer, "backend", "torch") == "onnx"
+        self.backend = recognizer if onnx else _TorchBackend(recognizer)
+        self.batch_size = batch_size
+        self.segmenter = self.backend.segmenter()
+
+    def _classify(self, wavs: list) -> list[list[float]]:
+        return self.backend.probabilities(wavs)
 
     def _classify_each(self, wavs: list) -> list[list[float] | str]:
         """Probabilities for each waveform, or the problem that stopped the model on it.
@@ -188,13 +220,13 @@ class _Engine:
 
     def short_files(self, items: list[tuple[int, str, float]]) -> Iterator[tuple[int, FileResult]]:
         """Classify whole files, ``items`` of ``(index, path, duration_s)``, by similar length."""
-        from qieemo_lobes.audio import AudioError, load_audio
+        from qieemo_lobes.audio import AudioError
 
         for batch in self.batches(items, seconds=lambda item: item[2]):
             loaded = []
             for index, path, duration in batch:
                 try:
-                    wav = load_audio(path, target_sr=self.recognizer.sample_rate)
+                    wav = self.backend.load(path)
                 except AudioError as err:
                     yield index, FileResult(path, duration, error=err.problem)
                     continue
@@ -234,13 +266,12 @@ class _Engine:
         Segments shorter than :data:`~qieemo_lobes.audio.MIN_SECONDS` are skipped.
         """
         from qieemo_lobes.audio import MIN_SECONDS
-        from qieemo_lobes.segmentation import iter_segment_waveforms
 
         rate = self.recognizer.sample_rate
         classified: list[Segment] = []
         buffer: list[tuple[float, float, object]] = []
         limit = self.batch_size * SEGMENT_BUFFER_BATCHES
-        for start, end, wav in iter_segment_waveforms(path, spans, rate):
+        for start, end, wav in self.backend.segment_waveforms(path, spans):
             if len(wav) >= MIN_SECONDS * rate:  # as load_audio: too short to classify
                 buffer.append((start, end, wav))
             if len(buffer) >= limit:
@@ -285,7 +316,7 @@ def plan_inputs(paths: list[str]) -> list[FileResult | tuple[str, float]]:
     First the arguments that matched nothing, then the files in the order given (folders and
     globs expanded in sorted order; :func:`qieemo_lobes.audio.find_audio`).
     """
-    from qieemo_lobes.audio import AudioError, audio_info, find_audio
+    from qieemo_lobes.audio import AudioError, find_audio, open_info
 
     files, errors = find_audio(paths)
     plan: list[FileResult | tuple[str, float]] = [
@@ -293,7 +324,8 @@ def plan_inputs(paths: list[str]) -> list[FileResult | tuple[str, float]]:
     ]
     for path in files:
         try:
-            plan.append((path, float(audio_info(path).duration)))
+            info = open_info(path)  # the header only, as audio_info (which imports torch)
+            plan.append((path, float(info.frames) / float(info.samplerate)))
         except AudioError as err:
             plan.append(FileResult(path, error=err.problem))
         except Exception as err:  # an unforeseen failure reading the header: still one line
@@ -302,7 +334,9 @@ def plan_inputs(paths: list[str]) -> list[FileResult | tuple[str, float]]:
 
 
 def classify_planned(
-    plan: list[FileResult | tuple[str, float]], recognizer: EmotionRecognizer, batch_size: int
+    plan: list[FileResult | tuple[str, float]],
+    recognizer: EmotionRecognizer | OnnxRecognizer,
+    batch_size: int,
 ) -> Iterator[tuple[int, FileResult]]:
     """Classify the ``(path, duration_s)`` entries of ``plan``: ``(index in plan, result)``.
 

@@ -7,7 +7,9 @@ first cut into speech segments by a voice activity detector (VAD), streamed over
 Detectors (``method``)
     ``"silero"``: the Silero VAD network from the ``silero-vad`` PyPI package, whose TorchScript
     model ships inside the package (``silero_vad/data/silero_vad.jit``): loading it reads that
-    file and touches no network. It gives a speech probability per 32 ms frame.
+    file and touches no network. It gives a speech probability per 32 ms frame. The torch-free
+    path (``classify --backend onnx``) passes ``vad=``: the same network as ONNX, run by
+    onnxruntime (:class:`qieemo_lobes.onnx_vad.SileroOnnx`).
     ``"energy"``: a frame-energy detector (below), needing nothing but numpy.
     ``"auto"`` (default): Silero where the package is installed and runs, else energy.
 
@@ -53,12 +55,18 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
-from qieemo_lobes.audio import SILENCE_DBFS, frame_dbfs, stream_audio
+from qieemo_lobes.audio import SILENCE_DBFS, Resampler, frame_dbfs, stream_mono
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported only by the TorchScript Silero model and for tensors from
+# iter_segment_waveforms: the ONNX path (qieemo_lobes.onnx_inference) segments without it.
 
 __all__ = [
     "FRAME_S",
@@ -87,15 +95,51 @@ METHODS = ("auto", "silero", "energy")
 # Detectors
 
 
+class FrameVAD(Protocol):
+    """A stateful frame scorer: speech probabilities of consecutive 512-sample frames at 16 kHz."""
+
+    def reset_states(self) -> None: ...
+
+    def __call__(self, frames: np.ndarray) -> list[float]: ...
+
+
+class _SileroJit:
+    """The TorchScript Silero model on numpy frames ``(n, 512)``, in order (see :func:`_score_frames`).
+
+    Each call is a handful of tiny ops, for which intra-op threads are pure overhead (measured
+    10x slower with 2 threads on a busy 2-core machine), so torch runs single-threaded meanwhile
+    and the caller's thread count is restored.
+    """
+
+    def __init__(self, model: torch.jit.ScriptModule):
+        self.model = model
+
+    def reset_states(self) -> None:
+        self.model.reset_states()
+
+    def __call__(self, frames: np.ndarray) -> list[float]:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            with torch.inference_mode():
+                return [float(self.model(torch.from_numpy(f), SAMPLE_RATE)) for f in frames]
+        finally:
+            torch.set_num_threads(threads)
+
+
 @functools.cache
-def _silero_model() -> torch.jit.ScriptModule:
+def _silero_model() -> FrameVAD:
     """Load the Silero VAD TorchScript model from the installed package (no network)."""
+    import torch
+
     threads = torch.get_num_threads()
     try:
         # silero_vad.model calls torch.set_num_threads(1) at import time; undo that side effect.
         from silero_vad import load_silero_vad
 
-        return load_silero_vad(onnx=False)
+        return _SileroJit(load_silero_vad(onnx=False))
     finally:
         torch.set_num_threads(threads)
 
@@ -154,7 +198,12 @@ def energy_scores(levels_db: np.ndarray, slope_db: float = 3.0) -> tuple[np.ndar
 
 
 def frame_scores(
-    path: str | os.PathLike, method: str = "auto", block_seconds: float = 60.0
+    path: str | os.PathLike,
+    method: str = "auto",
+    block_seconds: float = 60.0,
+    *,
+    resampler: Callable[[int, int], Resampler] | None = None,
+    vad: Callable[[], FrameVAD] | None = None,
 ) -> tuple[np.ndarray, str, float]:
     """Stream a file at 16 kHz and score each 32 ms frame for speech.
 
@@ -169,6 +218,11 @@ def frame_scores(
         installed or fails.
     block_seconds : float
         Length of the audio blocks read at a time.
+    resampler : callable, optional
+        Resampler factory for :func:`~qieemo_lobes.audio.stream_mono` (default torchaudio's).
+    vad : callable, optional
+        Returns the Silero model to use (default: the TorchScript one of the ``silero-vad``
+        package); it may raise, like a missing package.
 
     Returns
     -------
@@ -200,7 +254,7 @@ def frame_scores(
     model = None
     if method in ("auto", "silero"):
         try:
-            model = _silero_model()
+            model = (vad or _silero_model)()
             model.reset_states()
         except Exception as err:
             if method == "silero":
@@ -211,14 +265,14 @@ def frame_scores(
 
     probs: list[float] = []
     levels: list[np.ndarray] = []
-    carry = torch.zeros(0)
+    carry = np.zeros(0, dtype=np.float32)
     n_samples = 0
-    for block in stream_audio(path, block_seconds=block_seconds, target_sr=SAMPLE_RATE):
+    for block in stream_mono(path, block_seconds, SAMPLE_RATE, resampler):
         n_samples += len(block)
-        x = torch.cat([carry, block])
+        x = np.concatenate([carry, block])
         n_frames = len(x) // FRAME_SAMPLES
         carry = x[n_frames * FRAME_SAMPLES :]
-        frames = x[: n_frames * FRAME_SAMPLES].view(n_frames, FRAME_SAMPLES)
+        frames = x[: n_frames * FRAME_SAMPLES].reshape(n_frames, FRAME_SAMPLES)
         probs_or_none = _score_frames(model, frames, path, method) if use_silero else None
         if use_silero and probs_or_none is None:
             use_silero = False
@@ -226,7 +280,7 @@ def frame_scores(
             probs += probs_or_none
         levels.append(_levels_db(frames))
     if len(carry):
-        last = torch.nn.functional.pad(carry, (0, FRAME_SAMPLES - len(carry)))[None]
+        last = np.pad(carry, (0, FRAME_SAMPLES - len(carry)))[None]
         if use_silero:
             more = _score_frames(model, last, path, method)
             use_silero = more is not None
@@ -241,33 +295,24 @@ def frame_scores(
     return energy_scores(all_levels)[0], "energy", duration
 
 
-def _levels_db(frames: torch.Tensor) -> np.ndarray:
+def _levels_db(frames: np.ndarray) -> np.ndarray:
     """Level of each row of ``frames`` (one frame each), without its DC offset and trend."""
-    return frame_dbfs(
-        frames.reshape(-1).numpy(), SAMPLE_RATE, frame_s=frames.shape[1] / SAMPLE_RATE
-    )
+    return frame_dbfs(frames.reshape(-1), SAMPLE_RATE, frame_s=frames.shape[1] / SAMPLE_RATE)
 
 
-def _score_frames(model, frames: torch.Tensor, path, method: str) -> list[float] | None:
+def _score_frames(model: FrameVAD, frames: np.ndarray, path, method: str) -> list[float] | None:
     """Silero probabilities of consecutive frames; None when it fails in ``auto`` mode.
 
     The model is stateful (an LSTM over consecutive 512-sample windows), so the frames go
-    through one at a time, in order. Each call is a handful of tiny ops, for which intra-op
-    threads are pure overhead (measured 10x slower with 2 threads on a busy 2-core machine),
-    so torch runs single-threaded meanwhile and the caller's thread count is restored.
+    through one at a time, in order.
     """
-    threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        with torch.inference_mode():
-            return [float(model(frame, SAMPLE_RATE)) for frame in frames]
+        return model(frames)
     except Exception as err:
         if method == "silero":
             raise
         logger.warning("Silero VAD failed on %s (%s); using the energy detector", path, err)
         return None
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -418,6 +463,12 @@ class SpeechSegmenter:
         Context added either side of each segment.
     block_seconds : float
         Length of the audio blocks streamed from the file.
+    resampler : callable, optional
+        Resampler factory for the audio stream (default torchaudio's; see
+        :func:`~qieemo_lobes.audio.stream_mono`).
+    vad : callable, optional
+        Returns the Silero model (default the ``silero-vad`` package's TorchScript model; the
+        ONNX path passes :class:`qieemo_lobes.onnx_vad.SileroOnnx`).
 
     Notes
     -----
@@ -445,6 +496,8 @@ class SpeechSegmenter:
         max_segment_s: float = 30.0,
         pad_s: float = 0.2,
         block_seconds: float = 60.0,
+        resampler: Callable[[int, int], Resampler] | None = None,
+        vad: Callable[[], FrameVAD] | None = None,
     ):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -455,6 +508,8 @@ class SpeechSegmenter:
         self.max_segment_s = max_segment_s
         self.pad_s = pad_s
         self.block_seconds = block_seconds
+        self.resampler = resampler
+        self.vad = vad
         self.last_method: str | None = None
 
     def __call__(self, path: str | os.PathLike) -> list[tuple[float, float]]:
@@ -470,7 +525,9 @@ class SpeechSegmenter:
         list of (float, float)
             Empty when the file holds no speech (silence only).
         """
-        scores, self.last_method, duration = frame_scores(path, self.method, self.block_seconds)
+        scores, self.last_method, duration = frame_scores(
+            path, self.method, self.block_seconds, resampler=self.resampler, vad=self.vad
+        )
         return scores_to_segments(
             scores,
             FRAME_S,
@@ -517,10 +574,13 @@ def iter_segment_waveforms(
     segments: Iterable[tuple[float, float]],
     target_sr: int = SAMPLE_RATE,
     block_seconds: float = 60.0,
-) -> Iterator[tuple[float, float, torch.Tensor]]:
+    *,
+    resampler: Callable[[int, int], Resampler] | None = None,
+    tensors: bool = True,
+) -> Iterator[tuple[float, float, torch.Tensor | np.ndarray]]:
     """Yield ``(start_s, end_s, waveform)`` for each segment, streaming the file once.
 
-    The waveforms are cut from the same :func:`~qieemo_lobes.audio.stream_audio` signal the
+    The waveforms are cut from the same :func:`~qieemo_lobes.audio.stream_mono` signal the
     segmenter saw (mono, ``target_sr``), so memory holds one block plus one segment; segments
     are visited in order of their start.
 
@@ -534,10 +594,14 @@ def iter_segment_waveforms(
         Sample rate of the waveforms.
     block_seconds : float
         Length of the audio blocks streamed from the file.
+    resampler : callable, optional
+        Resampler factory for the stream (default torchaudio's), as for the segmenter.
+    tensors : bool
+        Yield torch tensors (default) or, False, numpy arrays (no torch needed).
 
     Yields
     ------
-    (float, float, torch.Tensor)
+    (float, float, torch.Tensor or numpy.ndarray)
         The segment and its float32 waveform of ``round(end * sr) - round(start * sr)`` samples
         (fewer if the segment runs past the end of the file).
 
@@ -554,15 +618,21 @@ def iter_segment_waveforms(
         return
     k = 0
     offset = 0  # sample index of buf[0]
-    buf = torch.zeros(0)
-    for block in stream_audio(path, block_seconds=block_seconds, target_sr=target_sr):
-        buf = torch.cat([buf, block])
+    if tensors:
+        import torch
+
+        wrap = torch.from_numpy
+    else:
+        wrap = np.asarray
+    buf = np.zeros(0, dtype=np.float32)
+    for block in stream_mono(path, block_seconds, target_sr, resampler):
+        buf = np.concatenate([buf, block])
         while k < len(todo):
             a, b = todo[k]
             s, e = round(a * target_sr), round(b * target_sr)
             if offset + len(buf) < e:
                 break
-            yield a, b, buf[max(0, s - offset) : e - offset].clone()
+            yield a, b, wrap(buf[max(0, s - offset) : e - offset].copy())
             k += 1
         # Keep only what the remaining segments can still need.
         keep_from = round(todo[k][0] * target_sr) - offset if k < len(todo) else len(buf)
@@ -574,5 +644,5 @@ def iter_segment_waveforms(
     while k < len(todo):  # segments reaching past the end of the stream
         a, b = todo[k]
         s = round(a * target_sr)
-        yield a, b, buf[max(0, s - offset) :].clone()
+        yield a, b, wrap(buf[max(0, s - offset) :].copy())
         k += 1
