@@ -98,10 +98,12 @@ def run_variant(
     as :func:`cross_corpus.run_qieemo` returns it: WA, UA, WF1, confusion, folder... or
     ``failed``)."""
     overrides = [*VARIANTS[name][1], *extra]
+    # Resolved: WORK/<name> may link to a folder of cross_corpus.py's runs (the same runs).
+    folder = (work / name).resolve()
     records = {}
     for split in cc.plan_splits(corpora, pairs=False, loco=True):
         records[split.test] = cc.run_qieemo(
-            split, "neutral", utterances, work / name, cache, overrides, train=train
+            split, "neutral", utterances, folder, cache, overrides, train=train
         )
     return records
 
