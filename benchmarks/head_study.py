@@ -15,7 +15,8 @@ corpora, the worst corpus and the number of corpora on which the variant beats t
         [--out benchmarks/results/head_study.md]
 
 Runs live in ``WORK/<corpus>/<variant>/``; finished folds are kept (cross_validate.py resumes),
-so an interrupted study resumes and a rerun only writes the table. ``--report-only`` trains
+so an interrupted study resumes and a rerun only writes the table. A finished cell (its
+``summary.json``) is read as it is: remove its folder to run it again with other settings. ``--report-only`` trains
 nothing: unfinished cells are left empty.
 """
 
@@ -152,7 +153,7 @@ def main(argv: Sequence[str] | None = None, run: Callable = cross_validate) -> i
         for corpus in args.corpora:  # corpus by corpus: a partial study covers whole corpora
             data = Path(args.data) / CORPORA[corpus][1]
             for name in args.variants:
-                out = work / corpus / name
+                out = (work / corpus / name).resolve()  # may link to accuracy.py's runs
                 summary = read_summary(out)
                 if summary is None and not args.report_only:
                     print(f"[{corpus}] {name}: cross-validating ({out / 'stdout.log'}) ...")
