@@ -5,7 +5,7 @@
     python -m qieemo_lobes.classify PATH... [--model DIR] [--trust-model] [--out FILE]
                                     [--format table|json|csv] [--top-k K] [--plot DIR]
                                     [--batch-size N] [--device cpu|cuda]
-                                    [--backend torch|onnx]
+                                    [--backend torch|onnx] [--shard I/N|auto]
 
 ``PATH``: files, directories (searched recursively, audio files only) and glob patterns
 (``"calls/**/*.flac"``). ``--model`` is a model folder written by ``python -m qieemo_lobes.export``
@@ -107,6 +107,11 @@ On CPU the command uses one torch (or onnxruntime) thread per core that is idle 
 (set ``OMP_NUM_THREADS`` to choose), and idle threads sleep rather than spin: on a shared 2-core
 machine a spinning second thread made classification 3 times slower.
 
+``--shard I/N --out FILE`` (or ``torchrun ... -m qieemo_lobes.classify``) classifies shard I
+of N of the inputs (counted from 1) into ``FILE.part-I-of-N``; the last shard to finish merges
+the parts into ``FILE``, in input order, and reports the failed inputs once
+(:mod:`qieemo_lobes.classify_shards`).
+
 This module is the command (options, checks, process settings, the run);
 :mod:`qieemo_lobes.classify_engine` classifies the files and :mod:`qieemo_lobes.classify_output`
 writes the results, opens ``--out`` and draws the timeline plots.
@@ -137,6 +142,7 @@ from qieemo_lobes.classify_output import (
     make_plot_dir,
     open_output,
 )
+from qieemo_lobes.classify_shards import ShardRun, parse_shard, run_shard
 from qieemo_lobes.files import terminate_as_interrupt
 
 if TYPE_CHECKING:
@@ -200,6 +206,10 @@ def _main(args: argparse.Namespace, configure_process: bool) -> int:
     """The run: every check first (:class:`_Refused`), then classify, write, report."""
     if args.batch_size < 1:
         raise _Refused(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        shard = parse_shard(args.shard, args.out)
+    except ValueError as err:
+        raise _Refused(str(err)) from None
     onnx = args.backend == "onnx"
     if onnx:  # process settings first: numpy reads them when it is imported
         device = _onnx_device(args.device, configure_process)
@@ -212,10 +222,22 @@ def _main(args: argparse.Namespace, configure_process: bool) -> int:
     plot_dir = make_plot_dir(args.plot)
     if not onnx:
         device = _torch_device(args.device, configure_process)
+        if shard is not None and device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():
+            device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: a GPU per process
     plan = plan_inputs(args.paths)
     output = check_output(
         args.out, [item.path if isinstance(item, FileResult) else item[0] for item in plan]
     )
+    if shard is not None:
+        try:
+            run = ShardRun(shard, plan, output, str(model_dir), args.backend)
+        except ValueError as err:
+            raise _Refused(str(err)) from None
+
+        def write(stream: OutputStream, share: list, make_writer) -> tuple[list, list[str]]:
+            return _write_results(stream, share, args, model_dir, device, plot_dir, make_writer)
+
+        return run_shard(run, write, args.format, args.top_k)
     with open_output(output) as stream:
         failures, plot_failures = _write_results(stream, plan, args, model_dir, device, plot_dir)
     return _report(failures, plot_failures, len(plan))
@@ -298,10 +320,12 @@ def _write_results(
     model_dir: Path,
     device: str,
     plot_dir: Path | None,
+    make_writer=ResultWriter,
 ) -> tuple[list[FileResult], list[str]]:
     """Classify ``plan`` and write each result; the failed inputs and the plots not written.
 
-    The model is loaded only if some input can be classified.
+    The model is loaded only if some input can be classified. ``make_writer``: a shard's part
+    writer (:meth:`qieemo_lobes.classify_shards.ShardRun.make_writer`) instead of the output's.
     """
     n_runnable = sum(isinstance(item, tuple) for item in plan)
     onnx = args.backend == "onnx"
@@ -312,7 +336,7 @@ def _write_results(
         recognizer = _load_model(model_dir, device, trust_code=args.trust_model)
     labels = recognizer.labels if recognizer is not None else _labels_of(model_dir, onnx)
     _check_top_k(args.top_k, labels)  # a --trust-model folder may not list its classes
-    writer = ResultWriter(stream, args.format, labels, top_k=args.top_k)
+    writer = make_writer(stream, args.format, labels, top_k=args.top_k)
     plots = TimelinePlots(plot_dir, labels) if plot_dir is not None else None
     results = ((i, item) for i, item in enumerate(plan) if isinstance(item, FileResult))
     if recognizer is not None:
@@ -387,6 +411,13 @@ def _parser() -> argparse.ArgumentParser:
         help="torch (default): the model folder with PyTorch; onnx: an ONNX model folder "
         "(python -m qieemo_lobes.export_onnx; default: the default model's ONNX copy, built "
         "once on first use) with onnxruntime, without importing torch",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N|auto",
+        help="classify shard I of N of the inputs (from 1) into FILE.part-I-of-N (needs --out "
+        "FILE); the last shard to finish merges the parts into FILE. auto (the default under "
+        "torchrun): RANK+1 of WORLD_SIZE",
     )
     return parser
 

@@ -91,6 +91,7 @@ from qieemo_lobes.run_folder import (
 )
 from qieemo_lobes.run_settings import RECIPE_FLAGS, training_speeds
 from qieemo_lobes.sampling import balanced_sampler
+from qieemo_lobes.sharding import fill_cache, precompute_shared
 
 logger = get_logger(__name__)
 
@@ -535,7 +536,10 @@ def _load_hparams(hparams_file: str, overrides: str) -> dict:
 
 
 def _cached_inputs(hparams: dict) -> dict:
-    """Fill the feature cache (main process); the pipeline's cache entries and statistics.
+    """Fill the feature cache; the pipeline's cache entries and statistics.
+
+    Under DDP every process encodes its share of the missing entries
+    (:func:`qieemo_lobes.sharding.fill_cache`), then all wait for each other.
 
     Returns the keyword arguments of :func:`dataio_prepare` for a frozen, cached encoder:
     ``feature_paths``, ``train_variants`` (speed-perturbed and corrupted copies of the training
@@ -543,8 +547,7 @@ def _cached_inputs(hparams: dict) -> dict:
     """
     cache = FeatureCache(hparams["encoder"], hparams["feature_cache"])
     records = _read_manifests(hparams)
-    run_on_main(cache.precompute, kwargs={"utterances": records})
-    feature_paths = cache.precompute(records, progress=False)  # all cached now: paths only
+    feature_paths = fill_cache(cache, records)
     train_variants = None
     speeds = training_speeds(hparams)
     if speeds != [100] or copies_of(hparams):
@@ -556,13 +559,11 @@ def _cached_inputs(hparams: dict) -> dict:
                 for utt in train:
                     train_variants[utt].append(("", feature_paths[utt]))
                 continue
-            kwargs = {"utterances": train, "speed": speed}
-            run_on_main(cache.precompute, kwargs=kwargs)
-            for utt, path in cache.precompute(**kwargs, progress=False).items():
+            for utt, path in fill_cache(cache, train, speed=speed).items():
                 train_variants[utt].append((f"@{speed}", path))
         if copies_of(hparams):  # made from the original speed only
             try:
-                corrupted = cache_copies(cache, train, hparams, run_on_main=run_on_main)
+                corrupted = cache_copies(cache, train, hparams, run_on_main=precompute_shared)
             except AugmentationError as err:  # e.g. babble with a single training speaker
                 raise RecipeError(str(err)) from None
             for utt, variants in corrupted.items():
