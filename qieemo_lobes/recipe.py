@@ -118,6 +118,18 @@ def classification_metrics(true: list[str], predicted: list[str], classes: list[
 class EmotionBrain(sb.Brain):
     """Encoder (or cached encoder outputs) -> Qieemo head -> log-probabilities over emotions."""
 
+    def _wrap_distributed(self):
+        """DDP as SpeechBrain wraps it, except on CPU (gloo): SpeechBrain converts every
+        BatchNorm to SyncBatchNorm, which runs on GPUs only, so on CPU the head's BatchNorm
+        layers (input standardisation, attentive pooling) stay per process."""
+        if not (self.distributed_launch and self.device == "cpu"):
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                    module, device_ids=None, find_unused_parameters=self.find_unused_parameters
+                )
+
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         if self.hparams.use_feature_cache:

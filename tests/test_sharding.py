@@ -143,9 +143,7 @@ def test_ddp_ranks_each_encode_their_share_of_the_cache(tmp_path, emodb_dir):
             "--speed_perturb=[100,110]",
             "--augment_copies=1",
             "--augment_corruptions=[gain]",
-            "--input_norm=False",  # BatchNorm under DDP needs GPUs (SyncBatchNorm)
-            "--pooling=mean",
-            "--distributed_backend=gloo",
+            "--distributed_backend=gloo",  # the default head: BatchNorm per process on CPU
         ],
         cwd=RECIPE,
         env=ENV,
