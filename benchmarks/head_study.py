@@ -33,18 +33,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from accuracy import CORPORA  # noqa: E402  (corpus -> recipe folder, folder under --data)
 from corpora_classes import NAMES  # noqa: E402
 
 from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
 
-# corpus -> recipe folder under recipes/, folder under --data (as benchmarks/accuracy.py)
-CORPORA = {
-    "emodb": ("EmoDB", "emodb"),
-    "ravdess": ("RAVDESS", "ravdess"),
-    "nemo": ("nEMO", "nemo"),
-    "emovo": ("EMOVO", "emovo"),
-    "turev": ("TurEV-DB", "turev"),
-}
 PROTOCOL = ["--tune_blocks=0", "--speed_perturb=[100]", "--number_of_epochs=15"]
 SMALL = ["--d_model=32", "--pooling=mean", "--dropout=0.5"]
 # name -> (description, overrides); the first one given is the reference of the table.

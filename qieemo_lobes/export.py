@@ -68,7 +68,12 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.tag import Tag
 
-from qieemo_lobes.files import atomic_open, write_json_atomic, write_text_atomic
+from qieemo_lobes.files import (
+    atomic_open,
+    replace_folder,
+    write_json_atomic,
+    write_text_atomic,
+)
 from qieemo_lobes.model_folder import (
     ModelFolderError,
     load_head_state,
@@ -509,13 +514,7 @@ def export_model(
         for name, text in extra_files.items():
             write_text_atomic(text, tmp / name)
         os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-            os.replace(out, old / "model")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from qieemo_lobes.files import atomic_open, write_json_atomic
+from qieemo_lobes.files import atomic_open, replace_folder, write_json_atomic
 from qieemo_lobes.onnx_inference import (
     CONFIG_FILE,
     ENCODER_FILE,
@@ -303,13 +303,7 @@ def export_onnx(
         _verify(tmp, _examples(whisper, head, reads, ppg, graphs))
         _write_files(tmp, model_dir, recognizer, whisper, reads, ppg, opset)
         os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-            os.replace(out, old / "model")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -272,6 +272,34 @@ class FolderLock:
         self.release()
 
 
+def replace_folder(finished: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Put the ``finished`` folder (written beside ``out``, on the same file system) at ``out``,
+    replacing an existing ``out`` as a whole: a reader sees the old folder or the new one, never
+    a mix. The old one is moved aside first, then removed.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name, text in (("old", "1"), ("new", "2")):
+    ...     (root / name).mkdir(); _ = (root / name / "f.txt").write_text(text)
+    >>> replace_folder(root / "new", root / "old")
+    >>> (root / "old" / "f.txt").read_text(), (root / "new").exists()
+    ('2', False)
+    """
+    import shutil
+    import tempfile
+
+    finished, out = Path(finished), Path(out)
+    if not out.exists():
+        os.replace(finished, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+    os.replace(out, aside / "model")
+    os.replace(finished, out)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block, ``SIGTERM`` raises ``KeyboardInterrupt`` (main thread only).

@@ -70,14 +70,17 @@ def make_turev(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """``data/{emodb,ravdess,turev}`` in the recipes' layouts: 3 speakers each."""
-    root = tmp_path_factory.mktemp("corpora")
+def make_corpora(root: Path) -> Path:
+    """``root/{emodb,ravdess,turev}`` in the recipes' layouts: 3 speakers each."""
     make_emodb(root / "emodb")
     make_ravdess(root / "ravdess")
     make_turev(root / "turev")
     return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_corpora(tmp_path_factory.mktemp("corpora"))
 
 
 THREE = ["emodb", "ravdess", "turev"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_cross_corpus import FakeTrain, cc, make_emodb, make_ravdess, make_turev
+from tests.test_cross_corpus import FakeTrain, cc, make_corpora
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import loco_study  # noqa: E402
@@ -19,11 +19,7 @@ import loco_study  # noqa: E402
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpora")
-    make_emodb(root / "emodb")
-    make_ravdess(root / "ravdess")
-    make_turev(root / "turev")
-    return root
+    return make_corpora(tmp_path_factory.mktemp("corpora"))
 
 
 def test_variants_run_leave_one_corpus_out_and_resume(data, tmp_path, monkeypatch, capsys):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_cross_corpus import FakeTrain, cc, make_emodb, make_ravdess, make_turev
+from tests.test_cross_corpus import FakeTrain, cc, make_corpora
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import train_default_model as tool  # noqa: E402
@@ -31,11 +31,7 @@ UA = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpora")
-    make_emodb(root / "emodb")
-    make_ravdess(root / "ravdess")
-    make_turev(root / "turev")
-    return root
+    return make_corpora(tmp_path_factory.mktemp("corpora"))
 
 
 class FakeLoco(FakeTrain):
