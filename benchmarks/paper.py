@@ -64,20 +64,11 @@ Ctrl-C stops the running fold and exits with status 130.
 from __future__ import annotations
 
 import argparse
-import csv
-import functools
-import hashlib
 import os
-import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 for _path in (REPO, REPO / "benchmarks"):
@@ -89,27 +80,61 @@ import lexical_corpus  # noqa: E402
 import paper_report  # noqa: E402
 from accuracy import CORPORA  # noqa: E402  (corpus -> recipe folder, folder under --data)
 
+# The study's parts, re-exported: ``paper.X`` stays the name of each (tests patch ``launch`` and
+# ``make_lexical_corpus`` here, which is where :func:`execute` and :func:`_main` look them up).
+from paper_plan import (  # noqa: E402, F401
+    ABLATIONS,
+    LEXICAL_CLASSES,
+    LEXICAL_SYSTEMS,
+    PROTOCOL,
+    SCRATCH_ENCODER_LR,
+    SCRATCH_SEED,
+    SCRATCH_SOURCE,
+    _last_line,
+    block_set_name,
+    cached_json,
+    cv_finished,
+    failed,
+    launch,
+    lexical_arguments,
+    make_lexical_corpus,
+    recipe_fusion_blocks,
+    recipe_hparams,
+    render,
+    run_arguments,
+    run_folder,
+    section_of,
+    seeds_of,
+    single_run_finished,
+    system_overrides,
+    systems_of,
+)
+from paper_probe import (  # noqa: E402, F401
+    PROBE_C,
+    PROBE_ENCODER,
+    _probe_digest,
+    block_means,
+    corpus_probe,
+    probe_encoder_identity,
+)
+from paper_runs import (  # noqa: E402, F401
+    cma_gates,
+    mmf_weights,
+    read_fold,
+    read_predictions,
+    read_run,
+    read_single_run,
+)
+
 from qieemo_lobes.errors import one_line, os_error_line  # noqa: E402
-from qieemo_lobes.files import terminate_as_interrupt, write_json_atomic  # noqa: E402
+from qieemo_lobes.files import terminate_as_interrupt  # noqa: E402
+
+# The doctests of the moved functions run with this module's (``doctest.testmod(paper)``).
+__test__ = {"system_overrides": system_overrides, "mmf_weights": mmf_weights}
 
 SECTIONS = ("probe", "ablations", "scratch", "ppg", "verdicts")
 SEEDS = (1986, 1987, 1988)
-# The one protocol of every run: frozen encoder from the feature cache, no retrained block (the
-# RAVDESS default retrains block 3), no speed-perturbed copies, 15 epochs.
-PROTOCOL = {"tune_blocks": "0", "speed_perturb": "[100]", "number_of_epochs": "15"}
 DEFAULT_BLOCK_SETS = ((2, 3, 4), (1, 2, 3, 4, 5, 6))
-ABLATIONS = ("full", "no_cma", "no_mmf", "best_block")
-SCRATCH_SOURCE = "scratch-whisper-base"
-SCRATCH_SEED = 0  # the random encoder's weights: one encoder for every training seed
-SCRATCH_ENCODER_LR = "0.0003"  # random weights need a training rate, not a fine-tuning one
-PROBE_C = 0.1
-PROBE_ENCODER = "whisper-base"
-LEXICAL_CLASSES = lexical_corpus.CLASSES
-LEXICAL_SYSTEMS = {
-    "ppg_only": {"use_mmf": "False", "use_cma": "False"},
-    "blocks_only": {"use_mmf": "True", "use_cma": "False"},
-    "full": {"use_mmf": "True", "use_cma": "True"},
-}
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
@@ -220,196 +245,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------------------------------
-# Plan
-# --------------------------------------------------------------------------------------------------
-
-
-def render(overrides: dict[str, str]) -> list[str]:
-    """``{"use_cma": "True"}`` -> ``["--use_cma=True"]`` (in order)."""
-    return [f"--{k}={v}" for k, v in overrides.items()]
-
-
-def system_overrides(
-    system: str, best_block: int | None = None, scratch_epochs: int = 15
-) -> dict[str, str] | None:
-    """The overrides of a system on top of :data:`PROTOCOL` (None: ``best_block`` without a
-    block).
-
-    Example
-    -------
-    >>> system_overrides("no_mmf")
-    {'use_mmf': 'False', 'use_cma': 'True'}
-    >>> system_overrides("mmf_2-3-4")
-    {'use_mmf': 'True', 'use_cma': 'True', 'fusion_blocks': '[2, 3, 4]'}
-    """
-    from qieemo_lobes.scratch_encoder import RECIPE_OVERRIDE
-
-    if system == "full":
-        return {"use_mmf": "True", "use_cma": "True"}
-    if system == "no_cma":
-        return {"use_mmf": "True", "use_cma": "False"}
-    if system == "no_mmf":
-        return {"use_mmf": "False", "use_cma": "True"}
-    if system == "best_block":
-        if best_block is None:
-            return None
-        return {"use_mmf": "True", "use_cma": "False", "fusion_blocks": f"[{best_block}]"}
-    if system.startswith("mmf_"):
-        blocks = ", ".join(system[4:].split("-"))
-        return {"use_mmf": "True", "use_cma": "True", "fusion_blocks": f"[{blocks}]"}
-    encoder = RECIPE_OVERRIDE.split("=", 1)[1]
-    scratch = {"use_mmf": "True", "use_cma": "True", "encoder_source": SCRATCH_SOURCE}
-    if system == "from_scratch":
-        return {**scratch, "encoder": encoder}
-    if system == "from_scratch_trained":
-        return {
-            **scratch,
-            "encoder": encoder,
-            "freeze_encoder": "False",
-            "use_feature_cache": "False",
-            "number_of_epochs": str(scratch_epochs),
-            "encoder_lr": SCRATCH_ENCODER_LR,
-        }
-    raise ValueError(f"unknown system {system!r}")
-
-
-def block_set_name(blocks: Sequence[int]) -> str:
-    """``(2, 3, 4)`` -> ``"mmf_2-3-4"``."""
-    return "mmf_" + "-".join(str(b) for b in blocks)
-
-
-def recipe_hparams(corpus: str) -> Path:
-    return REPO / "recipes" / CORPORA[corpus][0] / "emotion" / "hparams" / "qieemo.yaml"
-
-
-def recipe_fusion_blocks(corpus: str) -> tuple[int, ...]:
-    from qieemo_lobes.run_settings import resolved_settings
-
-    return tuple(int(b) for b in resolved_settings(recipe_hparams(corpus), None)["fusion_blocks"])
-
-
-def systems_of(args: argparse.Namespace, corpus: str) -> list[str]:
-    """The systems planned on ``corpus`` (every section: the report lists all of them)."""
-    systems = list(ABLATIONS)
-    default = recipe_fusion_blocks(corpus)
-    systems += [block_set_name(s) for s in args.block_sets if tuple(s) != default]
-    systems.append("from_scratch")
-    if args.scratch_trained:
-        systems.append("from_scratch_trained")
-    return systems
-
-
-def section_of(system: str) -> str:
-    return "scratch" if system.startswith("from_scratch") else "ablations"
-
-
-def seeds_of(args: argparse.Namespace, system: str) -> list[int]:
-    """``from_scratch_trained`` runs with the first seed only (the small budget)."""
-    return args.seeds[:1] if system == "from_scratch_trained" else list(args.seeds)
-
-
-def run_folder(work: Path, corpus: str, system: str, seed: int) -> Path:
-    return work / corpus / f"{system}_seed{seed}"
-
-
-def run_arguments(
-    corpus: str,
-    overrides: dict[str, str],
-    seed: int,
-    data: Path,
-    out: Path,
-    cache: Path,
-    folds: list[int] | None,
-    device: str | None,
-) -> list[str]:
-    """``cross_validate.py``'s arguments after the script: the hparams file, paths, folds and
-    every override."""
-    arguments = [
-        str(recipe_hparams(corpus)),
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--feature_cache={cache}",
-    ]
-    if folds is not None:
-        arguments.append(f"--folds={','.join(str(k) for k in folds)}")
-    merged = {**PROTOCOL, "seed": str(seed), **overrides}
-    if device:
-        merged["device"] = device
-    return arguments + render(merged)
-
-
-# --------------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------------
-
-
-def launch(script: Path, arguments: Sequence[str], log: Path) -> int:
-    """Run ``python SCRIPT ARGUMENTS`` (output in ``log``); its exit status. The child goes
-    down with this process (Ctrl-C, SIGTERM, even SIGKILL), as a cross-validation's folds do."""
-    from qieemo_lobes.cross_validation import _run_child
-
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        return _run_child([sys.executable, str(script), *arguments], fh)
-
-
-def _last_line(path: Path) -> str:
-    """The line of a run's log that says what went wrong: its last ``error:`` line; for a
-    cross-validation whose fold failed, that fold's own (``see .../stdout.log``)."""
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        match = re.search(r"FAILED \(exit \d+\); see (\S+)$", line)
-        if match and Path(match.group(1)) != path:
-            fold = _last_line(Path(match.group(1)))
-            if fold:
-                return f"{line.split(':')[0]}: {fold}"
-    errors = [line for line in lines if line.startswith("error:") or "FAILED" in line]
-    return (errors or [line for line in lines if line] or [""])[-1]
-
-
-def cv_finished(out: Path, arguments: Sequence[str], folds: list[int]) -> bool:
-    """Whether the cross-validation in ``out`` holds every fold of ``folds``, finished with the
-    settings ``arguments`` give (then it is not launched again)."""
-    from qieemo_lobes.cross_validation import _finished, cv_settings, cv_settings_difference
-
-    recorded = paper_report.read_json(out / "cv_settings.json")
-    if recorded is None or any(_finished(out / f"fold_{k}") is None for k in folds):
-        return False
-    hparams, rest = arguments[0], list(arguments[1:])
-    named = dict(a[2:].split("=", 1) for a in rest if a.startswith("--") and "=" in a)
-    overrides = [
-        a
-        for a in rest
-        if a.split("=", 1)[0] not in ("--data_folder", "--output_folder", "--folds", "--device")
-    ]
-    try:
-        wanted = cv_settings(hparams, overrides, named["data_folder"])
-    except (ValueError, KeyError, OSError):
-        return False
-    return not cv_settings_difference(recorded, wanted)
-
-
-def single_run_finished(out: Path, arguments: Sequence[str]) -> bool:
-    """Whether the ``train.py`` run in ``out`` finished with the settings ``arguments`` give."""
-    from qieemo_lobes.cross_validation import _finished, fold_settings_difference
-    from qieemo_lobes.run_settings import resolved_settings
-
-    if _finished(out) is None:
-        return False
-    try:
-        settings = resolved_settings(arguments[0], [a for a in arguments[1:] if a.startswith("--")])
-    except (ValueError, KeyError, OSError):
-        return False
-    return fold_settings_difference(out, settings) == []
-
-
-def failed(failures: list[dict], label: str, folder: Path, problem: str) -> None:
-    """Record (and print) a failure; the study goes on."""
-    print(f"paper: {label}: FAILED: {problem}", file=sys.stderr, flush=True)
-    failures.append({"run": label, "folder": str(folder), "problem": problem})
 
 
 def execute(
@@ -436,312 +273,6 @@ def execute(
         failed(failures, label, out, f"exit status {code}: {problem}")
         return
     print(f"paper: {label}: done ({time.time() - start:.0f} s)", flush=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading finished runs
-# --------------------------------------------------------------------------------------------------
-
-
-def read_predictions(path: Path) -> tuple[list[str], dict[str, tuple[str, np.ndarray]]]:
-    """``predictions.csv`` -> ``(classes, {utterance: (true label, probabilities)})``."""
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        classes = header[3:]
-        rows = {
-            row[0]: (row[1], np.array([float(p) for p in row[3:]], dtype=float)) for row in reader
-        }
-    return classes, rows
-
-
-def mmf_weights(train_log: Path) -> dict[str, float] | None:
-    """The MMF block weights of the tested epoch (``Epoch loaded: N`` in ``train_log.txt``),
-    ``{"2": 0.51, "3": 0.49}``; None when the log has none (no MMF, or no log).
-
-    Example
-    -------
-    >>> import tempfile
-    >>> log = Path(tempfile.mkdtemp()) / "train_log.txt"
-    >>> _ = log.write_text("epoch: 1, lr: 1e-3, w2: 5.0e-01, w3: 5.0e-01 - x\\n"
-    ...                    "epoch: 2, lr: 9e-4, w2: 6.0e-01, w3: 4.0e-01 - x\\n"
-    ...                    "Epoch loaded: 2 - test loss: 1.0\\n")
-    >>> mmf_weights(log)
-    {'2': 0.6, '3': 0.4}
-    """
-    try:
-        lines = train_log.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    loaded = [m.group(1) for line in lines if (m := re.search(r"Epoch loaded: (\d+)", line))]
-    epochs = {m.group(1): line for line in lines if (m := re.match(r"epoch: (\d+),", line.strip()))}
-    line = epochs.get(loaded[-1]) if loaded else None
-    if line is None and epochs:
-        line = epochs[max(epochs, key=int)]
-    if line is None:
-        return None
-    weights = {b: float(w) for b, w in re.findall(r"\bw(\d+): ([-+0-9.eE]+)", line.split(" - ")[0])}
-    return weights or None
-
-
-def cma_gates(save: Path) -> dict[str, list[float]] | None:
-    """``tanh`` of the CMA gates of the tested checkpoint (best validation UA, the latest among
-    ties), ``{"attn": [...], "ffn": [...]}`` per layer; None without CMA or checkpoint."""
-    import torch
-    import yaml
-
-    best, best_key = None, None
-    for folder in save.glob("CKPT+*"):
-        if not (folder / "head.ckpt").is_file():
-            continue
-        try:
-            meta = yaml.safe_load((folder / "CKPT.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            meta = {}
-        key = (float(meta.get("ua", -1.0)), float(meta.get("unixtime", 0.0)), folder.name)
-        if best_key is None or key > best_key:
-            best, best_key = folder, key
-    if best is None:
-        return None
-    try:
-        state = torch.load(best / "head.ckpt", map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError):
-        return None
-    if "cma.attn_gate" not in state:
-        return None
-    return {
-        "attn": [round(float(v), 6) for v in torch.tanh(state["cma.attn_gate"].float())],
-        "ffn": [round(float(v), 6) for v in torch.tanh(state["cma.ffn_gate"].float())],
-    }
-
-
-def read_fold(folder: Path, fold: int | str) -> dict[str, Any] | None:
-    """One finished fold (or single run): metrics, every test utterance with its speaker, the
-    MMF weights and CMA gates of the tested model; None when not finished."""
-    from qieemo_lobes.cross_validation import _finished
-
-    metrics = _finished(folder)
-    if metrics is None or not (folder / "predictions.csv").is_file():
-        return None
-    classes, rows = read_predictions(folder / "predictions.csv")
-    test = paper_report.read_json(folder / "test.json") or {}
-    utterances = {
-        utt: {
-            "true": true,
-            "probs": probs,
-            "speaker": str((test.get(utt) or {}).get("spk_id", f"fold{fold}")),
-            "fold": str(fold),
-        }
-        for utt, (true, probs) in rows.items()
-    }
-    wall = (paper_report.read_json(folder / "wall_time.json") or {}).get("wall_time_s")
-    return {
-        "ua": float(metrics["ua"]),
-        "wa": float(metrics["wa"]),
-        "classes": classes,
-        "utterances": utterances,
-        "weights": mmf_weights(folder / "train_log.txt"),
-        "gates": cma_gates(folder / "save"),
-        "wall_time_s": float(wall) if wall is not None else None,
-    }
-
-
-def read_run(out: Path, folds: list[int]) -> dict[str, Any]:
-    """A cross-validation's finished folds among ``folds``; ``status`` ``done`` (all),
-    ``partial`` or ``not run``, and its recorded settings."""
-    found = {k: f for k in folds if (f := read_fold(out / f"fold_{k}", k)) is not None}
-    recorded = paper_report.read_json(out / "cv_settings.json") or {}
-    status = "done" if len(found) == len(folds) else ("partial" if found else "not run")
-    return {
-        "status": status,
-        "folder": str(out),
-        "folds": found,
-        "n_folds_wanted": len(folds),
-        "settings": recorded.get("settings") or {},
-    }
-
-
-def read_single_run(out: Path) -> dict[str, Any]:
-    """A single ``train.py`` run (the lexical corpus) as a one-fold run."""
-    fold = read_fold(out, "test")
-    settings = paper_report.read_json(out / "run_settings.json") or {}
-    return {
-        "status": "done" if fold else "not run",
-        "folder": str(out),
-        "folds": {1: fold} if fold else {},
-        "n_folds_wanted": 1,
-        "settings": settings.get("settings", settings) if isinstance(settings, dict) else {},
-    }
-
-
-# --------------------------------------------------------------------------------------------------
-# Probe (section 1)
-# --------------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def probe_encoder_identity(kind: str) -> str:
-    """The feature cache identity of the probed encoder: ``pretrained`` (whisper-base, fit
-    window) or ``scratch`` (the random encoder of ``from_scratch``)."""
-    if kind == "scratch":
-        from qieemo_lobes.scratch_encoder import ScratchWhisperBlocks
-
-        return ScratchWhisperBlocks(SCRATCH_SOURCE, window="fit", seed=SCRATCH_SEED).identity
-    from qieemo_lobes.encoders import WhisperBlocks
-
-    return WhisperBlocks.identity_for(PROBE_ENCODER, "fit")
-
-
-def _probe_digest(identity: str, items: list[dict], inner: bool) -> str:
-    h = hashlib.sha1(f"{identity}|C={PROBE_C}|inner={inner}\n".encode())
-    for item in items:
-        h.update(f"{item['path']}\t{item['label']}\t{item['speaker']}\t{item['fold']}\n".encode())
-    return h.hexdigest()
-
-
-def block_means(items: list[dict], cache: Path, identity: str, encode: bool) -> np.ndarray | None:
-    """``(n_blocks + 1, N, D)`` time-means of every block and of the final output; None when a
-    clip is not cached and ``encode`` is False (else missing clips are encoded first)."""
-    from qieemo_lobes.features import FeatureCache, looks_complete, read_entry_file
-
-    reader = FeatureCache(SimpleNamespace(identity=identity), str(cache))
-    entries = [reader.entry(item["path"]) for item in items]
-    missing = {
-        str(i): {"wav": items[i]["path"]} for i, e in enumerate(entries) if not looks_complete(e)
-    }
-    if missing:
-        if not encode:
-            return None
-        from qieemo_lobes.whisper_torch import TorchWhisperBlocks
-
-        print(f"paper: probe: encoding {len(missing)} clips missing from {cache} ...", flush=True)
-        FeatureCache(TorchWhisperBlocks(PROBE_ENCODER, window="fit"), str(cache)).precompute(
-            missing
-        )
-    means = []
-    for entry in entries:
-        blocks, ppg = read_entry_file(entry)
-        blocks, ppg = blocks.float(), ppg.float()
-        means.append(np.concatenate([blocks.mean(1).numpy(), ppg.mean(0, keepdim=True).numpy()]))
-    return np.stack(means, axis=1)
-
-
-def corpus_probe(
-    items: list[dict],
-    cache: Path,
-    path: Path,
-    kind: str = "pretrained",
-    encode: bool = False,
-    inner: bool = True,
-) -> dict[str, Any] | None:
-    """The per-block probe of one corpus (kept in ``path``, reused while its inputs are the
-    same); None when its features are not all cached and ``encode`` is False.
-
-    Returns
-    -------
-    dict
-        ``blocks``: ``{"1": {...}, ..., "final": {...}}`` with ``ua`` (pooled predictions),
-        ``ci_low``/``ci_high`` (95 %, speaker bootstrap), ``ua_mean_folds``, ``ua_folds``;
-        ``predictions`` per block, ``labels``, ``speakers``; with ``inner``, ``inner_choice``
-        (the block chosen by inner CV in each outer fold, 1-based) and ``chosen_block`` (the one
-        most folds chose); ``n_blocks``, ``identity``, ``wall_time_s``.
-    """
-    from qieemo_lobes.stats import speaker_bootstrap_ci
-
-    identity = probe_encoder_identity(kind)
-    digest = _probe_digest(identity, items, inner)
-    kept = paper_report.read_json(path)
-    if kept is not None and kept.get("digest") == digest:
-        return kept
-    start = time.time()
-    means = block_means(items, cache, identity, encode and kind == "pretrained")
-    if means is None:
-        return None
-    y = np.array([item["label"] for item in items])
-    folds = np.array([item["fold"] for item in items])
-    speakers = np.array([str(item["speaker"]) for item in items])
-    n_blocks = means.shape[0] - 1
-    names = [str(b) for b in range(1, n_blocks + 1)] + ["final"]
-    blocks, predictions = {}, {}
-    for name, X in zip(names, means, strict=True):
-        result = baselines.probe_baseline(X, y, folds, C=PROBE_C)
-        ua, low, high = speaker_bootstrap_ci(y, result["predictions"], speakers, seed=0)
-        blocks[name] = {
-            "ua": ua,
-            "ci_low": low,
-            "ci_high": high,
-            "ua_mean_folds": result["mean"]["UA"],
-            "ua_folds": [f["UA"] for f in result["folds"]],
-        }
-        predictions[name] = [str(p) for p in result["predictions"]]
-    out: dict[str, Any] = {
-        "digest": digest,
-        "identity": identity,
-        "kind": kind,
-        "n_blocks": n_blocks,
-        "blocks": blocks,
-        "predictions": predictions,
-        "labels": [str(v) for v in y],
-        "speakers": [str(s) for s in speakers],
-    }
-    if inner:
-        chosen = baselines.best_block_probe(means[:n_blocks], y, folds, C=PROBE_C, select="inner")
-        choice = [int(b) + 1 for b in chosen["best_block"]]
-        counts = Counter(choice)
-        out["inner_choice"] = choice
-        out["chosen_block"] = min(b for b, n in counts.items() if n == max(counts.values()))
-        out["inner_ua_mean_folds"] = chosen["result"]["mean"]["UA"]
-    out["wall_time_s"] = time.time() - start
-    write_json_atomic(out, path)
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# The lexical corpus and nEMO's text (section 4)
-# --------------------------------------------------------------------------------------------------
-
-
-def make_lexical_corpus(folder: Path) -> Path:
-    """The controlled corpus in ``folder`` (made once, completed when interrupted); its
-    manifest."""
-    manifest = folder / lexical_corpus.MANIFEST
-    if manifest.is_file():
-        return manifest
-    lexical_corpus.make_corpus(folder, seed=0, progress=True)
-    return manifest
-
-
-def lexical_arguments(
-    manifest: Path, system: str, seed: int, out: Path, cache: Path, device: str | None
-) -> list[str]:
-    hparams = REPO / "recipes" / "custom" / "emotion" / "hparams" / "qieemo.yaml"
-    merged = {
-        **PROTOCOL,
-        "seed": str(seed),
-        **LEXICAL_SYSTEMS[system],
-        "classes": f"[{', '.join(LEXICAL_CLASSES)}]",
-        "n_classes": str(len(LEXICAL_CLASSES)),
-    }
-    if device:
-        merged["device"] = device
-    return [
-        str(hparams),
-        f"--data_folder={manifest}",
-        "--test_fold=test",
-        f"--output_folder={out}",
-        f"--feature_cache={cache}",
-        *render(merged),
-    ]
-
-
-def cached_json(path: Path, compute: Callable[[], dict]) -> dict:
-    """``compute()`` once, kept in ``path``."""
-    kept = paper_report.read_json(path)
-    if kept is not None:
-        return kept
-    value = compute()
-    write_json_atomic(value, path)
-    return value
 
 
 # --------------------------------------------------------------------------------------------------
