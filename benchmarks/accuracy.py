@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -67,9 +68,11 @@ FROZEN = ["--tune_blocks=0", "--number_of_epochs=15"]
 WINDOW_30S = ["--window=30s", *FROZEN, "--speed_perturb=[100]"]
 
 
-def run_qieemo(
-    corpus: str, data: Path, out: Path, cache: Path, *overrides: str
-) -> tuple[dict, float]:
+def cross_validate_command(
+    corpus: str, data: Path, out: Path, cache: Path, overrides: Sequence[str]
+) -> tuple[list[str], Path]:
+    """``(command, folder to run it in)`` of the corpus recipe's ``cross_validate.py
+    hparams/qieemo.yaml`` into ``out`` with the feature cache ``cache`` and ``overrides``."""
     recipe = REPO / "recipes" / CORPORA[corpus][0] / "emotion"
     command = [
         sys.executable,
@@ -80,6 +83,13 @@ def run_qieemo(
         f"--feature_cache={cache}",
         *overrides,
     ]
+    return command, recipe
+
+
+def run_qieemo(
+    corpus: str, data: Path, out: Path, cache: Path, *overrides: str
+) -> tuple[dict, float]:
+    command, recipe = cross_validate_command(corpus, data, out, cache, overrides)
     print(f"[{corpus}] qieemo {' '.join(overrides) or '(default)'} ...", flush=True)
     code = subprocess.call(command, cwd=recipe)
     if code != 0:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from accuracy import CORPORA  # noqa: E402  (corpus -> recipe folder, folder under --data)
+from accuracy import CORPORA, cross_validate_command  # noqa: E402
 from corpora_classes import NAMES  # noqa: E402
 
 from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
@@ -56,16 +56,7 @@ DEFAULT_VARIANTS = "recipe,blocks_234,all_blocks,small,small_all_blocks"
 
 def cross_validate(corpus: str, data: Path, out: Path, cache: Path, overrides: list[str]) -> int:
     """Run the corpus' cross-validation (it resumes finished folds); its exit status."""
-    recipe = REPO / "recipes" / CORPORA[corpus][0] / "emotion"
-    command = [
-        sys.executable,
-        "cross_validate.py",
-        "hparams/qieemo.yaml",
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        f"--feature_cache={cache}",
-        *overrides,
-    ]
+    command, recipe = cross_validate_command(corpus, data, out, cache, overrides)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "stdout.log", "a") as log:
         return subprocess.call(command, cwd=recipe, stdout=log, stderr=subprocess.STDOUT)
