@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import baselines  # noqa: E402
+import baselines_opensmile  # noqa: E402  (_make_smile and make_svm are patched in their home)
 
 # ------------------------------------------------------------------------------------ folds
 
@@ -193,7 +194,7 @@ def test_svm_inner_cv_never_sees_the_test_fold(monkeypatch: pytest.MonkeyPatch) 
         pipe.steps.insert(0, ("record", RowRecorder()))
         return pipe
 
-    monkeypatch.setattr(baselines, "make_svm", make_svm)
+    monkeypatch.setattr(baselines_opensmile, "make_svm", make_svm)
     FIT_LOG.clear()
     grid = (0.01, 1.0)
     r = baselines.svm_baseline(X, y, folds, C_grid=grid)
@@ -256,7 +257,7 @@ def test_opensmile_features_cache(
             smiles.append(CountingSmile(stop_after))
             return smiles[-1]
 
-        monkeypatch.setattr(baselines, "_make_smile", _make)
+        monkeypatch.setattr(baselines_opensmile, "_make_smile", _make)
 
     # An interrupted run keeps what it had saved (every file here), and the next one resumes.
     make(stop_after=2)
@@ -272,7 +273,7 @@ def test_opensmile_features_cache(
     def fail():
         raise AssertionError("cache not reused")
 
-    monkeypatch.setattr(baselines, "_make_smile", fail)
+    monkeypatch.setattr(baselines_opensmile, "_make_smile", fail)
     np.testing.assert_array_equal(baselines.opensmile_features(paths, cache, progress=False), X)
 
     # A different list invalidates the cache: everything is computed again.

@@ -22,6 +22,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import baselines  # noqa: E402
 import cross_corpus as cc  # noqa: E402
+import cross_corpus_qieemo  # noqa: E402  (where run_qieemo looks up launch)
 
 from qieemo_lobes.run_settings import resolved_settings  # noqa: E402
 
@@ -277,7 +278,7 @@ def test_matrix_resumes_and_reports_failures(data, tmp_path, monkeypatch, capsys
     work, out = tmp_path / "work", tmp_path / "report" / "cross_corpus.md"
     fail = "train-emodb_test-ravdess"
     fake = FakeTrain({fail})
-    monkeypatch.setattr(cc, "launch", fake)
+    monkeypatch.setattr(cross_corpus_qieemo, "launch", fake)
     common = ["--corpora", ",".join(THREE), "--data", str(data), "--work", str(work)]
     common += ["--out", str(out), "--systems", "qieemo", "--use_cma=False"]
     assert cc.main(common) == 1

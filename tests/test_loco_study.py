@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_cross_corpus import FakeTrain, cc, make_corpora
+from tests.test_cross_corpus import FakeTrain, cross_corpus_qieemo, make_corpora
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import loco_study  # noqa: E402
@@ -24,7 +24,7 @@ def data(tmp_path_factory) -> Path:
 
 def test_variants_run_leave_one_corpus_out_and_resume(data, tmp_path, monkeypatch, capsys):
     fake = FakeTrain({"train-ravdess+turev_test-emodb_turev-calm-neutral"})
-    monkeypatch.setattr(cc, "launch", fake)
+    monkeypatch.setattr(cross_corpus_qieemo, "launch", fake)
     matrix = {"results": {"neutral": {"qieemo": {"pairs": {
         "emodb": {"ravdess": 40.0, "turev": 30.0},
         "ravdess": {"emodb": 60.0, "turev": 50.0},

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_cross_corpus import FakeTrain, cc, make_corpora
+from tests.test_cross_corpus import FakeTrain, cross_corpus_qieemo, make_corpora
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import train_default_model as tool  # noqa: E402
@@ -75,7 +75,7 @@ def test_builds_chooses_on_loco_and_writes_the_card(data, tmp_path, monkeypatch)
             run=Path(run), out=Path(out), force=force, card=extra_files["MODEL_CARD.md"]
         )
 
-    monkeypatch.setattr(cc, "launch", fake)
+    monkeypatch.setattr(cross_corpus_qieemo, "launch", fake)
     monkeypatch.setattr(tool, "run", fake_final_training(finals))
     monkeypatch.setattr(tool, "export_model", fake_export)
     work, out = tmp_path / "work", tmp_path / "model"
