@@ -17,6 +17,9 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import lexical_corpus as lc  # noqa: E402
+import lexical_sentences  # noqa: E402
+import lexical_synthesis  # noqa: E402
+import lexical_text_check  # noqa: E402
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)"
@@ -218,7 +221,10 @@ def test_unknown_voice_is_reported() -> None:
 
 
 def test_module_doctests() -> None:
-    assert doctest.testmod(lc).failed == 0
+    """The examples of lexical_corpus.py and of the modules it is made of (it re-exports them)."""
+    for module in (lc, lexical_sentences, lexical_synthesis, lexical_text_check):
+        failures, tried = doctest.testmod(module)
+        assert tried > 0 and failures == 0, module.__name__
 
 
 # ------------------------------------------------------------------------------------ nEMO

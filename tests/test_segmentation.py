@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from qieemo_lobes import segmentation
+from qieemo_lobes import segmentation_vad
 from qieemo_lobes.audio import AudioError, load_audio
 from qieemo_lobes.segmentation import (
     FRAME_S,
@@ -116,7 +116,7 @@ def test_auto_prefers_silero_and_falls_back(monkeypatch, espeak_sequence):
     def broken():
         raise ImportError("No module named 'silero_vad'")
 
-    monkeypatch.setattr(segmentation, "_silero_model", broken)
+    monkeypatch.setattr(segmentation_vad, "_silero_model", broken)
     match(segmenter(path), truth)
     assert segmenter.last_method == "energy"
     with pytest.raises(ImportError):
