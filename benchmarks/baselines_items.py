@@ -79,7 +79,7 @@ def corpus_items(
     name = name.lower()
     if name not in RECIPE_PREPARE:
         raise ValueError(f"unknown corpus {name!r} (known: {', '.join(RECIPE_PREPARE)})")
-    from qieemo_lobes.manifests import fold_names
+    from qieemo_lobes.manifests_folds import fold_names
 
     scan = _prepare_module(name).list_utterances(str(root), classes=classes)
     for skipped in scan.skipped:

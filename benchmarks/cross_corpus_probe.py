@@ -62,7 +62,7 @@ def inner_folds(speakers: Sequence[str], n_folds: int = PROBE_INNER_FOLDS) -> np
     >>> inner_folds(["a", "a", "b", "c"], 2).tolist()
     ['fold1', 'fold1', 'fold2', 'fold2']
     """
-    from qieemo_lobes.manifests import balanced_group_folds
+    from qieemo_lobes.manifests_folds import balanced_group_folds
 
     folds = balanced_group_folds(list(speakers), n_folds)
     if len(set(folds.values())) < 2:

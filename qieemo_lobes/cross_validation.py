@@ -422,7 +422,7 @@ def run_cross_validation(
         The recipe's ``train.py``, run once per fold.
     list_utterances : callable
         ``list_utterances(data_folder)`` of the corpus' prepare script: a
-        :class:`~qieemo_lobes.manifests.CorpusScan` (or anything with its ``summary()``).
+        :class:`~qieemo_lobes.manifests_scan.CorpusScan` (or anything with its ``summary()``).
     argv : list of str, optional
         The command line after the program name (default ``sys.argv[1:]``).
 

@@ -36,7 +36,7 @@ from qieemo_lobes.audio import (
 from qieemo_lobes.audio_decode import open_info
 from qieemo_lobes.audio_ffmpeg import FFMPEG_ENV, FFmpegInfo, find_ffmpeg
 from qieemo_lobes.features import read_audio
-from qieemo_lobes.manifests import probe_audio
+from qieemo_lobes.manifests_scan import probe_audio
 
 HAVE_FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 needs_tools = pytest.mark.skipif(

@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from qieemo_lobes.manifests import (
-    LayoutError,
-    Utterance,
+from qieemo_lobes.manifests_folds import (
     contiguous_group_folds,
     fold_names,
     resolve_test_fold,
     split_for_test_fold,
 )
+from qieemo_lobes.manifests_scan import LayoutError, Utterance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
@@ -734,6 +733,25 @@ def test_same_signature_everywhere(recipes):
         "valid_split", "valid_ratio", "classes", "seed",
     ]  # fmt: skip
     assert all(sig == reference for sig in signatures.values())
+
+
+def test_manifests_keeps_every_name_it_had_before_the_split():
+    """Scripts outside the repository import these from ``qieemo_lobes.manifests``, whose scanning
+    and fold code now lives in ``manifests_scan`` and ``manifests_folds``."""
+    import qieemo_lobes.manifests as manifests
+
+    before = {
+        "AUDIO_EXTENSIONS", "FOLD_SEED", "NO_TEST_FOLD", "OPTIONS_FILE", "SPLITS", "VALID_SPLITS",
+        "CorpusScan", "LayoutError", "ScanFunction", "Utterance", "balanced_group_folds",
+        "contiguous_group_folds", "existing_folder", "fold_names", "is_resource_fork",
+        "list_audio_files", "natural_key", "normalize_classes", "options_path",
+        "prepare_manifests", "probe_audio", "resolve_test_fold", "run_cli", "skip",
+        "split_for_test_fold", "stratified_folds", "summarize", "write_manifests",
+    }  # fmt: skip
+    assert before == set(manifests.__all__)
+    assert all(hasattr(manifests, name) for name in manifests.__all__)
+    assert manifests.Utterance is Utterance  # the same class, not a copy
+    assert manifests.split_for_test_fold is split_for_test_fold
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from qieemo_lobes.manifests import LayoutError, Utterance, fold_names, split_for_test_fold
+from qieemo_lobes.manifests_folds import fold_names, split_for_test_fold
+from qieemo_lobes.manifests_scan import LayoutError, Utterance
 from tests.conftest import REPO_ROOT, SHARED_DATA
 
 # corpus: (recipe folder, shared copy folder)

@@ -23,15 +23,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from qieemo_lobes.manifests import (
-    CorpusScan,
-    LayoutError,
-    contiguous_group_folds,
-    existing_folder,
-    list_audio_files,
-    prepare_manifests,
-    run_cli,
-)
+from qieemo_lobes.manifests import prepare_manifests, run_cli
+from qieemo_lobes.manifests_folds import contiguous_group_folds
+from qieemo_lobes.manifests_scan import CorpusScan, LayoutError, existing_folder, list_audio_files
 
 LAYOUT = "CREMA-D: <root>/AudioWAV/1001_DFA_ANG_XX.wav (actor_sentence_emotion_intensity)"
 EMOTIONS = {

@@ -26,14 +26,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from qieemo_lobes.manifests import (
-    CorpusScan,
-    LayoutError,
-    existing_folder,
-    list_audio_files,
-    prepare_manifests,
-    run_cli,
-)
+from qieemo_lobes.manifests import prepare_manifests, run_cli
+from qieemo_lobes.manifests_scan import CorpusScan, LayoutError, existing_folder, list_audio_files
 
 LAYOUT = (
     "EMOVO: <root>/{f1,f2,f3,m1,m2,m3}/<emotion>-<speaker>-<sentence>.wav|.flac "

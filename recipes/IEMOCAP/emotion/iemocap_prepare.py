@@ -35,14 +35,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from qieemo_lobes.manifests import (
-    CorpusScan,
-    LayoutError,
-    existing_folder,
-    is_resource_fork,
-    prepare_manifests,
-    run_cli,
-)
+from qieemo_lobes.manifests import prepare_manifests, run_cli
+from qieemo_lobes.manifests_scan import CorpusScan, LayoutError, existing_folder, is_resource_fork
 
 LAYOUT = (
     "IEMOCAP: IEMOCAP_full_release/Session1..Session5/dialog/EmoEvaluation/<dialog>.txt and "

@@ -24,14 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from qieemo_lobes.manifests import (
-    CorpusScan,
-    LayoutError,
-    existing_folder,
-    list_audio_files,
-    prepare_manifests,
-    run_cli,
-)
+from qieemo_lobes.manifests import prepare_manifests, run_cli
+from qieemo_lobes.manifests_scan import CorpusScan, LayoutError, existing_folder, list_audio_files
 
 LAYOUT = (
     "RAVDESS: <root>/Actor_01..Actor_24/03-01-EE-II-SS-RR-AA.wav|.flac "

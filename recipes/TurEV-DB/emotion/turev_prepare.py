@@ -28,14 +28,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from qieemo_lobes.manifests import (
-    CorpusScan,
-    LayoutError,
-    existing_folder,
-    list_audio_files,
-    prepare_manifests,
-    run_cli,
-)
+from qieemo_lobes.manifests import prepare_manifests, run_cli
+from qieemo_lobes.manifests_scan import CorpusScan, LayoutError, existing_folder, list_audio_files
 
 LAYOUT = (
     "TurEV-DB: <root>/{Angry,Calm,Happy,Sad}/<speaker>_<code>_<word>.wav|.flac "

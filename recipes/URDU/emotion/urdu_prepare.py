@@ -24,15 +24,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from qieemo_lobes.manifests import (
-    CorpusScan,
-    LayoutError,
-    balanced_group_folds,
-    existing_folder,
-    list_audio_files,
-    prepare_manifests,
-    run_cli,
-)
+from qieemo_lobes.manifests import prepare_manifests, run_cli
+from qieemo_lobes.manifests_folds import balanced_group_folds
+from qieemo_lobes.manifests_scan import CorpusScan, LayoutError, existing_folder, list_audio_files
 
 LAYOUT = "URDU: <root>/{Angry,Happy,Neutral,Sad}/SM5_F12_A045.wav (speaker_file_emotion+number)"
 FOLDERS = {"angry": "A", "happy": "H", "neutral": "N", "sad": "S"}

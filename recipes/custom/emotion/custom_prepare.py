@@ -34,17 +34,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from qieemo_lobes.manifests import (
-    FOLD_SEED,
-    CorpusScan,
-    LayoutError,
-    balanced_group_folds,
-    existing_folder,
-    is_resource_fork,
-    prepare_manifests,
-    run_cli,
-    stratified_folds,
-)
+from qieemo_lobes.manifests import prepare_manifests, run_cli
+from qieemo_lobes.manifests_folds import FOLD_SEED, balanced_group_folds, stratified_folds
+from qieemo_lobes.manifests_scan import CorpusScan, LayoutError, existing_folder, is_resource_fork
 
 LAYOUT = (
     "custom: a CSV (or a folder with exactly one .csv) with header path,label"

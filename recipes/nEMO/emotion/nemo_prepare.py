@@ -35,14 +35,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qieemo_lobes.manifests import (
+from qieemo_lobes.manifests import prepare_manifests, run_cli
+from qieemo_lobes.manifests_scan import (
     AUDIO_EXTENSIONS,
     CorpusScan,
     LayoutError,
     existing_folder,
     list_audio_files,
-    prepare_manifests,
-    run_cli,
 )
 
 LAYOUT = (
