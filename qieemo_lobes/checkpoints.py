@@ -61,6 +61,37 @@ def _save_state_dict(obj: Any, path: Path) -> None:
         torch.save(obj.state_dict(), fh)
 
 
+def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` an error was raised while handling, if any.
+
+    ``torch.save`` to a Python file turns an interrupt raised inside the file's ``write`` (a
+    ``SIGTERM`` under :func:`~qieemo_lobes.files.terminate_as_interrupt`, or Ctrl-C) into a
+    ``RuntimeError`` ("enforce fail ..."), with the interrupt as its ``__context__``: the
+    checkpoint was interrupted, not refused by the disk.
+
+    Example
+    -------
+    >>> try:
+    ...     try:
+    ...         raise KeyboardInterrupt("signal 15")
+    ...     except KeyboardInterrupt:
+    ...         raise RuntimeError("enforce fail")
+    ... except RuntimeError as err:
+    ...     print(repr(_interrupt_behind(err)))
+    KeyboardInterrupt('signal 15')
+    >>> print(_interrupt_behind(RuntimeError("disk full")))
+    None
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class SafeCheckpointer(Checkpointer):
     """SpeechBrain's :class:`~speechbrain.utils.checkpoints.Checkpointer`, with whole checkpoints.
 
@@ -155,6 +186,9 @@ class SafeCheckpointer(Checkpointer):
         except (OSError, RuntimeError) as err:
             if if_main_process():
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
+            interrupt = _interrupt_behind(err)
+            if interrupt is not None:  # Ctrl-C or SIGTERM inside torch.save's writes
+                raise interrupt from err
             cause = err if isinstance(err, OSError) else err.__context__
             if isinstance(cause, OSError) and cause.strerror:
                 problem = cause.strerror

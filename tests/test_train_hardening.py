@@ -375,6 +375,46 @@ def test_failed_checkpoint_save_leaves_no_checkpoint_and_the_rerun_resumes(
     assert "epoch: 2" in (out / "train_log.txt").read_text()
 
 
+# A SIGTERM that lands while torch.save writes the second epoch's head: torch reports it as a
+# RuntimeError ("enforce fail ...") whose __context__ is the interrupt.
+SIGTERM_INSIDE_SECOND_HEAD_SAVE = """
+import io, os, signal, time, torch
+_save, _calls = torch.save, []
+class _TermOnWrite(io.RawIOBase):
+    writes = 0
+    def writable(self):
+        return True
+    def write(self, data):
+        _TermOnWrite.writes += 1
+        if _TermOnWrite.writes == 3:  # mid-file (on the first write torch re-raises it as is)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises KeyboardInterrupt here
+        return len(data)
+def _interrupted(obj, f, *args, **kwargs):
+    if str(getattr(f, "name", f)).endswith("head.ckpt"):
+        _calls.append(f)
+        if len(_calls) == 2:
+            return _save(obj, _TermOnWrite(), *args, **kwargs)
+    return _save(obj, f, *args, **kwargs)
+torch.save = _interrupted
+"""
+
+
+def test_interrupt_inside_a_checkpoint_save_is_an_interrupt_not_a_save_error(
+    tmp_path, micro, micro_cache
+):
+    out = tmp_path / "run"
+    result = train_patched(
+        SIGTERM_INSIDE_SECOND_HEAD_SAVE, micro, out, *micro_args(micro_cache, epochs=2)
+    )
+    assert result.returncode == 130, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+    # The interrupted save left nothing: only the first epoch's whole checkpoint remains.
+    (kept,) = (p for p in (out / "save").iterdir() if p.is_dir())
+    assert (kept / "CKPT.yaml").exists() and (kept / "counter.ckpt").read_text() == "1"
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. Non-finite losses and predictions
 # ----------------------------------------------------------------------------------------------
