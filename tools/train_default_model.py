@@ -188,6 +188,13 @@ The heads compared on this protocol (UA on each held-out corpus); the best mean 
 |---|{"---|" * len(loco[chosen]["folds"])}---|
 {candidates}
 
+## Within each corpus
+The recipes' qieemo (each corpus' own classes, leave-one-speaker-out) against the best-block probe
+and openSMILE on the same folds (benchmarks/results/accuracy.md): how well the head learns a
+corpus it is trained on, not what this model does on new data.
+
+{chr(10).join(within_corpus_table(REPO / "benchmarks" / "results" / "accuracy.json"))}
+
 The shipped model is trained on every corpus ({final.get("n_train")} training and
 {final.get("n_valid")} validation utterances, validation = held-out speakers of each corpus, best
 epoch by validation UA); it has no test set of its own: the tables above are its estimate.
@@ -212,6 +219,43 @@ extraction included where the cache was empty); the final training takes about a
 fold. The recipes skip finished folds and runs, so a rerun with the same work folder only redoes
 what is missing.
 """
+
+
+def within_corpus_table(accuracy_json: Path) -> list[str]:
+    """The card's within-corpus rows, from ``benchmarks/accuracy.py``'s JSON (its qieemo, the
+    best-block probe and openSMILE rows, UA mean +- std over speaker-independent folds); a line
+    saying how to make it when the file is missing.
+
+    >>> import json
+    >>> path = getfixture("tmp_path") / "accuracy.json"
+    >>> ua = lambda m: {"mean": {"ua": m}, "std": {"ua": 1.0}}
+    >>> path.write_text(json.dumps({"command": "python benchmarks/accuracy.py", "corpora": {
+    ...     "emodb": {"name": "EmoDB", "n_utterances": 535, "n_folds": 10, "n_classes": 7,
+    ...               "systems": [{"key": "qieemo", **ua(89.1)}, {"key": "probe", **ua(88.9)},
+    ...                           {"key": "opensmile", **ua(71.5)}]}}})) > 0
+    True
+    >>> within_corpus_table(path)[2]
+    '| EmoDB | 7 | 10 | 89.1 +- 1.0 | 88.9 +- 1.0 | 71.5 +- 1.0 |'
+    """
+    if not accuracy_json.is_file():
+        return [f"(not measured yet: `python benchmarks/accuracy.py` writes {accuracy_json.name})"]
+    report = json.loads(accuracy_json.read_text())
+    rows = [
+        "| corpus | classes | folds | qieemo UA | best-block probe UA | openSMILE UA |",
+        "|---|---|---|---|---|---|",
+    ]
+    for record in report["corpora"].values():
+        systems = {entry["key"]: entry for entry in record["systems"]}
+        cells = [
+            f"{systems[k]['mean']['ua']:.1f} +- {systems[k]['std']['ua']:.1f}"
+            if k in systems
+            else "-"
+            for k in ("qieemo", "probe", "opensmile")
+        ]
+        rows.append(
+            f"| {record['name']} | {record['n_classes']} | {record['n_folds']} | {' | '.join(cells)} |"
+        )
+    return rows + ["", f"Command: `{report['command']}`"]
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
