@@ -22,7 +22,9 @@ named by ``--window-toggled`` also with Whisper's 30-second window) where an enc
     python benchmarks/accuracy.py --fresh-cache
 
 prints one table (WA, UA, WF1 as mean +- std over folds, and wall times) and writes it with the
-command to ``benchmarks/results/accuracy.md``. ``--fresh-cache`` starts the qieemo run from an
+command to ``benchmarks/results/accuracy.md`` (``--out``), and every number to ``accuracy.json``
+beside it (per corpus: its size and each system's WA, UA and WF1 mean and std over folds, wall
+time and note). ``--fresh-cache`` starts the qieemo run from an
 empty feature cache, so its wall time includes feature extraction. Finished folds are not rerun:
 a second call with the same ``--work`` reuses them (and their wall times).
 """
@@ -143,9 +145,27 @@ def qieemo_name(hparams: dict) -> str:
     return f"(a) qieemo, {encoder} frozen: {', '.join(parts)}"
 
 
-def row(name: str, mean: dict, std: dict, wall: float | None, note: str = "") -> str:
+def system(key: str, name: str, mean: dict, std: dict, wall: float | None, note: str = "") -> dict:
+    """One row of a corpus' table: ``mean`` and ``std`` hold ``wa``, ``ua`` and ``wf1``.
+
+    >>> system("opensmile", "(c) x", {"wa": 1, "ua": 2, "wf1": 3}, {"wa": 0, "ua": 0, "wf1": 0}, 4.0)["key"]
+    'opensmile'
+    """
+    return {"key": key, "name": name, "mean": mean, "std": std, "wall_time_s": wall, "note": note}
+
+
+def row(entry: dict) -> str:
+    """A markdown table row of :func:`system`'s record.
+
+    >>> row(system("a", "(a) qieemo", {"wa": 90, "ua": 89.1, "wf1": 89.4},
+    ...     {"wa": 4.6, "ua": 6.0, "wf1": 5.1}, 616.2, "cached"))
+    '| (a) qieemo | 90.0 +- 4.6 | 89.1 +- 6.0 | 89.4 +- 5.1 | 616 | cached |'
+    """
+    mean, std, wall = entry["mean"], entry["std"], entry["wall_time_s"]
     cells = " | ".join(f"{mean[m]:.1f} +- {std[m]:.1f}" for m in ("wa", "ua", "wf1"))
-    return f"| {name} | {cells} | {'' if wall is None else f'{wall:.0f}'} | {note} |"
+    return (
+        f"| {entry['name']} | {cells} | {'' if wall is None else f'{wall:.0f}'} | {entry['note']} |"
+    )
 
 
 def probe_result(
@@ -186,7 +206,8 @@ def from_baseline(result: dict) -> tuple[dict, dict]:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default="emodb,ravdess")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
@@ -225,7 +246,135 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated corpora on which qieemo (frozen, no speed copies) and the probe also "
         "run on whisper-base with the 30-second window",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def qieemo_runs(corpus: str, args: argparse.Namespace) -> list[tuple[str, list[str] | None, str]]:
+    """The qieemo runs of one corpus: ``(name, overrides, note)``; ``None``: decided from the
+    default run's hyperparameters (see :func:`run_overrides`)."""
+    if args.baselines_only:
+        return []
+    runs: list[tuple[str, list[str] | None, str]] = [("qieemo", [], "")]
+    if corpus in args.speaker_norm.split(","):
+        runs.append(("qieemo_spknorm", None, "transductive (test speakers' audio)"))
+    if corpus in args.ablations.split(","):
+        runs.append(("qieemo_cma_toggled", None, "ablation"))
+    if corpus in args.tune_toggled.split(","):
+        runs.append(("qieemo_tune_toggled", None, "other encoder setting"))
+    if corpus in args.ablations_no_mmf.split(","):
+        runs.append(("qieemo_no_mmf", ["--use_mmf=False"], "ablation"))
+    if corpus in args.window_toggled.split(","):
+        runs.append(("qieemo_30s_frozen", WINDOW_30S, ""))
+    return runs
+
+
+def run_overrides(name: str, overrides: list[str] | None, default_hparams: dict) -> list[str]:
+    """The overrides of a qieemo run, those set by the recipe's default run resolved.
+
+    >>> run_overrides("qieemo_cma_toggled", None, {"use_cma": False})
+    ['--use_cma=True']
+    >>> run_overrides("qieemo_spknorm", None, {"tune_blocks": 1})[:2]
+    ['--speaker_norm=True', '--tune_blocks=0']
+    """
+    if name == "qieemo_spknorm":  # on the frozen encoder (the recipe refuses both)
+        tuned = int(default_hparams.get("tune_blocks", 0))
+        return ["--speaker_norm=True", *(FROZEN if tuned else [])]
+    if name == "qieemo_cma_toggled":  # the other CMA setting than the recipe's default
+        return [f"--use_cma={not default_hparams.get('use_cma', True)}"]
+    if name == "qieemo_tune_toggled":
+        return FROZEN if int(default_hparams.get("tune_blocks", 0)) else TUNED
+    return list(overrides or [])
+
+
+def measure_qieemo(
+    corpus: str, data: Path, items: list[dict], args: argparse.Namespace, readers: dict
+) -> list[dict]:
+    """(a): every qieemo run of the corpus (finished folds reused), one :func:`system` each."""
+    work = Path(args.work).resolve()
+    cache = work / "feature_cache"
+    systems: list[dict] = []
+    default_hparams: dict = {}
+    for name, overrides, note in qieemo_runs(corpus, args):
+        overrides = run_overrides(name, overrides, default_hparams)
+        marker = work / corpus / name / "started_with_empty_cache"
+        reader = readers["30s" if name == "qieemo_30s_frozen" else "fit"]
+        first = name in ("qieemo", "qieemo_30s_frozen")  # the first run of its window
+        if first and not any(reader.entry(i["path"]).exists() for i in items):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()  # this run's wall time includes the corpus' feature extraction
+        summary, wall = run_qieemo(corpus, data, work / corpus / name, cache, *overrides)
+        default_hparams = default_hparams or summary["hparams"]
+        if first:
+            note = "feature extraction included" if marker.exists() else "features cached"
+        label = qieemo_name(summary["hparams"])
+        systems.append(system(name, label, summary["mean"], summary["std"], wall, note))
+    return systems
+
+
+def measure_baselines(corpus: str, items: list[dict], args: argparse.Namespace) -> list[dict]:
+    """(b) the probe (plain, per-speaker normalised, 30 s window when asked) and (c) openSMILE."""
+    work = Path(args.work).resolve()
+    y = np.array([item["label"] for item in items])
+    folds = np.array([item["fold"] for item in items])
+    probes = [("fit", False), ("fit", True)]  # (window, per-speaker normalisation)
+    if corpus in args.window_toggled.split(","):
+        probes.append(("30s", False))
+    systems = []
+    for window, speaker_norm in probes:
+        cache = work / "feature_cache"
+        probe = probe_result(items, y, folds, cache, speaker_norm, work / corpus, window)
+        key = "probe" + ("_spknorm" if speaker_norm else "") + ("" if window == "fit" else "_30s")
+        name = (
+            "(b) probe, best block by inner CV"
+            + (" + per-speaker normalisation" if speaker_norm else "")
+            + ("" if window == "fit" else ", 30 s window")
+        )
+        note = (
+            f"blocks chosen per fold: {probe['chosen']} ({probe['n_blocks']} = final "
+            f"output); UA of each block's probe: {probe['per_block']}"
+        )
+        systems.append(system(key, name, *from_baseline(probe), probe["wall_time_s"], note))
+    start = time.time()
+    cached = (work / f"opensmile_{corpus}.npz").exists()  # may still be stale: then redone
+    features = baselines.opensmile_features(
+        [item["path"] for item in items], work / f"opensmile_{corpus}.npz"
+    )
+    svm = baselines.svm_baseline(features, y, folds)
+    note = "features cached" if cached else "feature extraction included"
+    name = "(c) openSMILE ComParE_2016 + linear SVM"
+    systems.append(system("opensmile", name, *from_baseline(svm), time.time() - start, note))
+    return systems
+
+
+def corpus_table(corpus: str, record: dict) -> list[str]:
+    """The markdown table of one corpus' :func:`system` records."""
+    return [
+        f"### {CORPORA[corpus][0]} ({record['n_utterances']} utterances, {record['n_folds']} "
+        f"folds, {record['n_classes']} classes)",
+        "",
+        "| system | WA | UA | WF1 | wall time (s) | note |",
+        "|---|---|---|---|---|---|",
+        *(row(entry) for entry in record["systems"]),
+    ]
+
+
+def header(argv: list[str] | None) -> list[str]:
+    """The report's title, command, date and machine."""
+    return [
+        "# Accuracy: qieemo against baselines, same folds",
+        "",
+        f"Command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"Date: {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}; "
+        f"torch threads {torch.get_num_threads()}; 1-minute load average at the end {os.getloadavg()[0]:.1f}.",
+        "Metrics in percent, mean +- std over folds. WA accuracy, UA mean per-class recall, WF1 support-weighted F1.",
+        "EmoDB here is the altered shared copy (22.05 kHz, every clip cut or padded to 2.000 s) and nEMO",
+        "a subset (2243 of 4481 utterances, 45 of 90 sentences): not comparable with published numbers.",
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
     work = Path(args.work).resolve()  # the recipes run in their own folders
     cache = work / "feature_cache"
     if args.fresh_cache:
@@ -242,103 +391,31 @@ def main(argv: list[str] | None = None) -> int:
         )
         for window in ("fit", "30s")
     }
-    lines = []
+    lines: list[str] = []
+    records: dict[str, dict] = {}
     for corpus in args.corpora.split(","):
         data = Path(args.data) / CORPORA[corpus][1]
         items = baselines.corpus_items(corpus, data)
-        y = np.array([item["label"] for item in items])
-        folds = np.array([item["fold"] for item in items])
-        table = [
-            f"### {CORPORA[corpus][0]} ({len(items)} utterances, {len(set(folds))} folds, {len(set(y))} classes)",
-            "",
-            "| system | WA | UA | WF1 | wall time (s) | note |",
-            "|---|---|---|---|---|---|",
-        ]
-        runs = [("qieemo", [], "")]
-        if corpus in args.speaker_norm.split(","):
-            runs.append(("qieemo_spknorm", None, "transductive (test speakers' audio)"))
-        if corpus in args.ablations.split(","):
-            runs.append(("qieemo_cma_toggled", None, "ablation"))
-        if corpus in args.tune_toggled.split(","):
-            runs.append(("qieemo_tune_toggled", None, "other encoder setting"))
-        if corpus in args.ablations_no_mmf.split(","):
-            runs.append(("qieemo_no_mmf", ["--use_mmf=False"], "ablation"))
-        probes = [("fit", False), ("fit", True)]  # (window, per-speaker normalisation)
-        if corpus in args.window_toggled.split(","):
-            runs.append(("qieemo_30s_frozen", WINDOW_30S, ""))
-            probes.append(("30s", False))
-        if args.baselines_only:
-            runs = []
-        default_hparams: dict = {}
-        for name, overrides, note in runs:
-            if name == "qieemo_spknorm":  # on the frozen encoder (the recipe refuses both)
-                tuned = int(default_hparams.get("tune_blocks", 0))
-                overrides = ["--speaker_norm=True", *(FROZEN if tuned else [])]
-            elif name == "qieemo_cma_toggled":  # the other CMA setting than the recipe's default
-                overrides = [f"--use_cma={not default_hparams.get('use_cma', True)}"]
-            elif name == "qieemo_tune_toggled":
-                overrides = FROZEN if int(default_hparams.get("tune_blocks", 0)) else TUNED
-            marker = work / corpus / name / "started_with_empty_cache"
-            reader = readers["30s" if name == "qieemo_30s_frozen" else "fit"]
-            first = name in ("qieemo", "qieemo_30s_frozen")  # the first run of its window
-            if first and not any(reader.entry(i["path"]).exists() for i in items):
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()  # this run's wall time includes the corpus' feature extraction
-            summary, wall = run_qieemo(corpus, data, work / corpus / name, cache, *overrides)
-            default_hparams = default_hparams or summary["hparams"]
-            if first:
-                note = "feature extraction included" if marker.exists() else "features cached"
-            table.append(
-                row(qieemo_name(summary["hparams"]), summary["mean"], summary["std"], wall, note)
-            )
-        for window, speaker_norm in probes:
-            probe = probe_result(items, y, folds, cache, speaker_norm, work / corpus, window)
-            name = (
-                "(b) probe, best block by inner CV"
-                + (" + per-speaker normalisation" if speaker_norm else "")
-                + ("" if window == "fit" else ", 30 s window")
-            )
-            table.append(
-                row(
-                    name,
-                    *from_baseline(probe),
-                    probe["wall_time_s"],
-                    f"blocks chosen per fold: {probe['chosen']} ({probe['n_blocks']} = final "
-                    f"output); UA of each block's probe: {probe['per_block']}",
-                )
-            )
-        start = time.time()
-        cached = (work / f"opensmile_{corpus}.npz").exists()  # may still be stale: then redone
-        features = baselines.opensmile_features(
-            [item["path"] for item in items], work / f"opensmile_{corpus}.npz"
-        )
-        svm = baselines.svm_baseline(features, y, folds)
-        table.append(
-            row(
-                "(c) openSMILE ComParE_2016 + linear SVM",
-                *from_baseline(svm),
-                time.time() - start,
-                "features cached" if cached else "feature extraction included",
-            )
-        )
+        record = {
+            "name": CORPORA[corpus][0],
+            "n_utterances": len(items),
+            "n_folds": len({item["fold"] for item in items}),
+            "n_classes": len({item["label"] for item in items}),
+            "systems": measure_qieemo(corpus, data, items, args, readers)
+            + measure_baselines(corpus, items, args),
+        }
+        records[corpus] = record
+        table = corpus_table(corpus, record)
         print("\n".join(table), flush=True)
         lines += table + [""]
 
-    header = [
-        "# Accuracy: qieemo against baselines, same folds",
-        "",
-        f"Command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-        f"Date: {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}; "
-        f"torch threads {torch.get_num_threads()}; 1-minute load average at the end {os.getloadavg()[0]:.1f}.",
-        "Metrics in percent, mean +- std over folds. WA accuracy, UA mean per-class recall, WF1 support-weighted F1.",
-        "EmoDB here is the altered shared copy (22.05 kHz, every clip cut or padded to 2.000 s) and nEMO",
-        "a subset (2243 of 4481 utterances, 45 of 90 sentences): not comparable with published numbers.",
-        "",
-    ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic("\n".join(header + lines), out)
-    print(f"written {out}")
+    top = header(argv)
+    write_text_atomic("\n".join(top + lines), out)
+    command = top[2].removeprefix("Command: `").removesuffix("`")
+    write_json_atomic({"command": command, "corpora": records}, out.with_suffix(".json"))
+    print(f"written {out} and {out.with_suffix('.json').name}")
     return 0
 
 
