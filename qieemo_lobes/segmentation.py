@@ -26,11 +26,11 @@ The parts
 
 Example
 -------
->>> import numpy as np
->>> scores = np.r_[np.zeros(30), np.ones(60), np.zeros(40), np.ones(50), np.zeros(20)]
->>> segments = scores_to_segments(scores, frame_s=0.032, duration_s=len(scores) * 0.032)
->>> [(round(a, 3), round(b, 3)) for a, b in segments]
-[(0.76, 3.08), (3.96, 5.96)]
+>>> from qieemo_lobes import segmentation_rules
+>>> scores_to_segments is segmentation_rules.scores_to_segments  # re-exported here
+True
+>>> SpeechSegmenter(method="energy").method
+'energy'
 
 Authors
 -------
