@@ -335,10 +335,9 @@ def measure_baselines(corpus: str, items: list[dict], args: argparse.Namespace) 
         )
         systems.append(system(key, name, *from_baseline(probe), probe["wall_time_s"], note))
     start = time.time()
-    cached = (work / f"opensmile_{corpus}.npz").exists()  # may still be stale: then redone
-    features = baselines.opensmile_features(
-        [item["path"] for item in items], work / f"opensmile_{corpus}.npz"
-    )
+    paths, cache_file = [item["path"] for item in items], work / f"opensmile_{corpus}.npz"
+    cached = baselines.opensmile_cached(paths, cache_file)
+    features = baselines.opensmile_features(paths, cache_file)
     svm = baselines.svm_baseline(features, y, folds)
     note = "features cached" if cached else "feature extraction included"
     name = "(c) openSMILE ComParE_2016 + linear SVM"

@@ -59,6 +59,7 @@ from baselines_opensmile import (  # noqa: F401
     _publish,
     _save_npz_atomic,
     make_svm,
+    opensmile_cached,
     opensmile_features,
     svm_baseline,
 )

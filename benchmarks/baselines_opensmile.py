@@ -106,6 +106,14 @@ def _load_cache(cache_file: Path, key: str, n: int) -> tuple[np.ndarray, np.ndar
         return None
 
 
+def opensmile_cached(paths: Sequence[str | Path], cache_file: str | Path) -> bool:
+    """Whether :func:`opensmile_features` would read every file's features from ``cache_file``
+    (made for exactly these files, all done) instead of computing some."""
+    paths = [str(p) for p in paths]
+    cached = _load_cache(Path(cache_file), _cache_key(paths), len(paths))
+    return cached is not None and bool(cached[1].all())
+
+
 def opensmile_features(
     paths: Sequence[str | Path],
     cache_file: str | Path,

@@ -260,11 +260,15 @@ def test_opensmile_features_cache(
         monkeypatch.setattr(baselines_opensmile, "_make_smile", _make)
 
     # An interrupted run keeps what it had saved (every file here), and the next one resumes.
+    assert not baselines.opensmile_cached(paths, cache)  # no cache yet
     make(stop_after=2)
     with pytest.raises(KeyboardInterrupt):
         baselines.opensmile_features(paths, cache, save_every=1, progress=False)
+    assert not baselines.opensmile_cached(paths, cache)  # a partial cache is not "cached"
     make()
     X = baselines.opensmile_features(paths, cache, progress=False)
+    assert baselines.opensmile_cached(paths, cache)
+    assert not baselines.opensmile_cached(paths[:2], cache)  # another file list: stale
     assert smiles[-1].calls == paths[2:]
     assert X.shape == (3, baselines.COMPARE_DIM) and np.isfinite(X).all()
     assert not np.allclose(X[0], X[1])
