@@ -121,8 +121,16 @@ def matrix_rows(matrix: dict, corpora: Sequence[str]) -> dict[str, dict[str, flo
 
 
 def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+    """The mean, or ``None`` when a value is missing: a mean over fewer corpora is another
+    average, not comparable with the other rows'.
+
+    >>> _mean([50.0, 60.0]), _mean([50.0, None])
+    (55.0, None)
+    """
+    values = list(values)
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
 
 
 def _cell(value: float | None) -> str:
@@ -161,13 +169,13 @@ def report(
         delta = "" if base is None or mean is None or name == "baseline" else f"{mean - base:+.1f}"
         label = f"{description} (`{name}`)" + (" - transductive" if transductive else "")
         cells = " | ".join(_cell(row[c]) for c in corpora)
-        lines.append(f"| {label} | {cells} | {_cell(mean)} | {delta} |")
+        lines.append(f"| {label} | {cells} | {'-' if mean is None else f'{mean:.1f}'} | {delta} |")
     for label, row in extra_rows.items():
         mean = _mean(row.values())
         cells = " | ".join(_cell(row[c]) for c in corpora)
         delta = "" if base is None or mean is None else f"{mean - base:+.1f}"
         lines.append(f"| trained on {label}, from the cross-corpus matrix | {cells} | "
-                     f"{_cell(mean)} | {delta} |")  # fmt: skip
+                     f"{'-' if mean is None else f'{mean:.1f}'} | {delta} |")  # fmt: skip
     lines += ["", "Overrides of each variant:", ""]
     lines += [f"- `{name}`: `{' '.join(VARIANTS[name][1])}`" for name in results]
     lines += ["", f"Wall time of this call: {wall_time_s:.0f} s."]

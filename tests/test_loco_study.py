@@ -58,6 +58,10 @@ def test_variants_run_leave_one_corpus_out_and_resume(data, tmp_path, monkeypatc
     )
     study = json.loads(out.with_suffix(".json").read_text())
     assert study["variants"]["baseline"]["ua"]["emodb"] is None
+    # No mean over fewer corpora: it would not be comparable with the complete rows'.
+    assert study["variants"]["baseline"]["mean_ua"] is None
+    (row,) = [line for line in text.splitlines() if "(`baseline`)" in line]
+    assert row.split(" | ")[1] == "failed" and row.endswith("| - |  |"), row
     assert study["variants"]["corpus_norm"]["transductive"] is True
 
     # The rerun trains only the failed runs.
