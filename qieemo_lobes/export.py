@@ -153,6 +153,11 @@ def _read_calibration(run: Path) -> dict | None:
         calibration = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ExportError(f"{path}: unreadable ({' '.join(str(err).split())})") from None
+    return _checked_calibration(calibration, str(path))
+
+
+def _checked_calibration(calibration: object, where: str) -> dict:
+    """``calibration`` when its ``temperature`` is a finite positive number, else ExportError."""
     temperature = calibration.get("temperature") if isinstance(calibration, dict) else None
     if (
         isinstance(temperature, bool)
@@ -161,7 +166,7 @@ def _read_calibration(run: Path) -> dict | None:
         or not 1e-4 <= temperature <= 1e4
     ):
         raise ExportError(
-            f"{path}: temperature must be a finite positive number, not {temperature!r}"
+            f"{where}: temperature must be a finite positive number, not {temperature!r}"
         )
     return calibration
 
@@ -367,9 +372,10 @@ def _calibration_text(calibration: dict | None) -> str:
         if isinstance(before, (int, float)) and isinstance(after, (int, float)):
             parts.append(f"{name} {before:.1f} % -> {after:.1f} %")
     ece = f"; expected calibration error ({calibration.get('n_bins', 15)} bins): " if parts else ""
+    fitted_on = calibration.get("fitted_on") or f"{n_valid} validation utterances"
     return (
         f"calibrated by temperature scaling, T = {calibration['temperature']:.3g} (fitted on "
-        f"{n_valid} validation utterances){ece}{', '.join(parts)}"
+        f"{fitted_on}){ece}{', '.join(parts)}"
     )
 
 
@@ -431,6 +437,7 @@ def export_model(
     out: str | os.PathLike,
     force: bool = False,
     extra_files: Mapping[str, str] | None = None,
+    calibration: Mapping | None = None,
 ) -> Path:
     """Export the finished recipe run ``run`` into the model folder ``out``.
 
@@ -447,6 +454,10 @@ def export_model(
     extra_files : Mapping of str to str, optional
         More text files for the folder, ``{name: text}`` (e.g. ``{"MODEL_CARD.md": card}``),
         written with the others before the folder appears.
+    calibration : Mapping, optional
+        Replaces the run's ``calibration.json`` (its ``temperature`` becomes the model's), e.g.
+        a temperature fitted on held-out corpora rather than the run's validation speakers;
+        checked like the file.
 
     Returns
     -------
@@ -477,6 +488,8 @@ def export_model(
             raise ExportError(f"{name}: not a name for an extra file of the model folder")
     info = _read_run(run)
     info["run"] = run
+    if calibration is not None:
+        info["calibration"] = _checked_calibration(dict(calibration), "calibration")
     _check_destination(out, force)
     inference_yaml = _inference_yaml(run, info)
     _verify_head(info, inference_yaml)

@@ -143,6 +143,11 @@ def test_train_default_model_replaces_the_model_and_keeps_its_card(
     def run_variant(name, utterances, corpora, folder, cache, extra=(), train=None):
         ua = 50.0 if name == chosen else 40.0
         fold = {"n_test": 10, "wa": ua, "ua": ua, "wf1": ua, "confusion": [[1, 0], [0, 1]]}
+        for corpus in corpora:  # the held-out predictions the shipped temperature is fitted on
+            (folder / name / corpus).mkdir(parents=True, exist_ok=True)
+            rows = ["utterance,true,predicted,angry,happy,neutral,sad"]
+            rows += [f"u{i},angry,{'angry' if i % 2 else 'sad'},0.6,0.1,0.1,0.2" for i in range(10)]
+            (folder / name / corpus / "predictions.csv").write_text("\n".join(rows) + "\n")
         return {c: {"folder": str(folder / name / c), **fold} for c in corpora}
 
     utterances = {
@@ -168,6 +173,12 @@ def test_train_default_model_replaces_the_model_and_keeps_its_card(
     assert tool.main([*argv, "--work", str(work), "--out", str(out)]) == 0
     best = _best_checkpoint(work / f"final_{chosen}")
     assert (out / "head.ckpt").read_bytes() == (best / "head.ckpt").read_bytes()
+    # The model's temperature is the one fitted on the held-out corpora's predictions.
+    calibration = json.loads((out / "metadata.json").read_text())["calibration"]
+    assert "leave-one-corpus-out" in calibration["fitted_on"] and calibration["n_valid"] == 20
+    temperature = f"temperature: {round(calibration['temperature'], 6)!r}"
+    assert temperature in (out / "hyperparams.yaml").read_text().splitlines()
+    assert "leave-one-corpus-out runs" in (out / "README.md").read_text()
     card = (out / "MODEL_CARD.md").read_text()
     assert card.startswith("# Model card: qieemo default emotion recognizer")
     assert f"--corpora emodb,ravdess --candidates {chosen},{other}" in card

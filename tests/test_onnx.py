@@ -79,8 +79,9 @@ def test_the_folder_holds_the_truncated_encoder_the_head_and_the_front_end(onnx_
         "neutral",
         "sad",
     ]
-    # The head fuses blocks 2 and 3 without CMA: blocks 1-3 run, no PPG.
-    assert config["encoder"]["blocks"] == [2, 3] and config["encoder"]["blocks_run"] == 3
+    # The shipped head fuses all six blocks without CMA: all six run, no PPG.
+    assert config["encoder"]["blocks"] == [1, 2, 3, 4, 5, 6]
+    assert config["encoder"]["blocks_run"] == 6
     assert config["encoder"]["ppg"] is False and config["window"] == "fit"
     assert config["opset"] == default_opset() and config["temperature"] == 1.0
     assert np.load(onnx_model / "mel_filters.npy").shape == (80, 201)

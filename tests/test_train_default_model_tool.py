@@ -46,9 +46,24 @@ class FakeLoco(FakeTrain):
         ua = UA[out.parents[1].name][args["test_fold"]]
         metrics.update(wa=ua, ua=ua, wf1=ua)
         (out / "test_metrics.json").write_text(json.dumps(metrics))
-        calibration = {"temperature": 1.5, "ece_test_before": 20.0, "ece_test_after": 8.0}
+        # The recipe's temperature (its validation speakers) makes a new corpus worse, as
+        # measured on the real corpora.
+        calibration = {"temperature": 0.8, "ece_test_before": 20.0, "ece_test_after": 25.0}
         (out / "calibration.json").write_text(json.dumps(calibration))
+        (out / "predictions.csv").write_text(overconfident_predictions(ua))
         return code
+
+
+def overconfident_predictions(ua: float, n: int = 100) -> str:
+    """``predictions.csv`` of ``n`` test clips, ``ua`` % of them right, every one predicted with
+    probability 0.97: overconfident, so the temperature fitted on them is above 1."""
+    lines = ["utterance,true,predicted," + ",".join(tool.CLASSES)]
+    for i in range(n):
+        true = tool.CLASSES[i % 4]
+        predicted = true if i < n * ua / 100 else tool.CLASSES[(i + 1) % 4]
+        probabilities = [0.97 if c == predicted else 0.01 for c in tool.CLASSES]
+        lines.append(f"u{i},{true},{predicted}," + ",".join(f"{p:.6f}" for p in probabilities))
+    return "\n".join(lines) + "\n"
 
 
 def fake_final_training(commands: list):
@@ -70,9 +85,13 @@ def fake_final_training(commands: list):
 def test_builds_chooses_on_loco_and_writes_the_card(data, tmp_path, monkeypatch):
     fake, finals, exported = FakeLoco(), [], {}
 
-    def fake_export(run, out, force, extra_files):
+    def fake_export(run, out, force, extra_files, calibration):
         exported.update(
-            run=Path(run), out=Path(out), force=force, card=extra_files["MODEL_CARD.md"]
+            run=Path(run),
+            out=Path(out),
+            force=force,
+            card=extra_files["MODEL_CARD.md"],
+            calibration=calibration,
         )
 
     monkeypatch.setattr(cross_corpus_qieemo, "launch", fake)
@@ -103,9 +122,22 @@ def test_builds_chooses_on_loco_and_writes_the_card(data, tmp_path, monkeypatch)
     assert exported["run"] == work / "final_small_all_blocks" and exported["force"]
     card = exported["card"]
     assert "small head, MMF over all six blocks (shipped)" in card
-    assert "| **mean** | | 56.7 | **56.7** | 56.7 | 20.0 | 8.0 |" in card
-    assert "| TurEV-DB (Turkish) | 24 | 45.0 | 45.0 | 45.0 | 20.0 | 8.0 (T = 1.50) |" in card
-    assert "T = 1.25" in card and "CC BY-NC-ND 4.0" in card and "neutral = Calm (sk)" in card
+    turev = next(line for line in card.splitlines() if line.startswith("| TurEV-DB"))
+    assert turev.startswith(
+        "| TurEV-DB (Turkish) | 24 | 45.0 | 45.0 | 45.0 | 20.0 | 25.0 (T = 0.80) |"
+    )
+    assert "| **mean** | | 56.7 | **56.7** | 56.7 | 20.0 | 25.0 |" in card
+    assert "CC BY-NC-ND 4.0" in card and "neutral = Calm (sk)" in card
+    # The shipped temperature: of none (mean ECE 20), the recipe's (25) and the one fitted on
+    # the held-out corpora's predictions (overconfident: T > 1), the lowest mean ECE: the last,
+    # not the final run's validation speakers' T = 1.25.
+    cross = exported["calibration"]
+    assert cross["temperature"] > 1.5 and cross["n_valid"] == 300
+    assert f"T = {cross['temperature']:.2f}" in card and "T = 1.25" not in card
+    assert "(none 20.0, recipe 25.0, cross " in " ".join(card.split())
+    for corpus, numbers in cross["per_corpus"].items():
+        assert numbers["ece_after"] < numbers["ece_before"], corpus
+        assert f"{numbers['ece_after']:.1f} (T = {numbers['temperature']:.2f}) |" in card
     assert "Languages seen: English, German, Turkish" in card
     chosen = json.loads((work / "loco_metrics.json").read_text())
     assert chosen["chosen"] == "small_all_blocks"

