@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# Several tests interrupt a child process with SIGINT and expect its "interrupted" line. A test
+# run started in the background without job control (``cmd &`` in a script, some CI runners)
+# ignores SIGINT, children inherit the ignored disposition, and Python then installs no
+# KeyboardInterrupt handler: the interrupt would be lost. With a handler here, every child starts
+# with SIGINT at its default, as in a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Recipe overrides for a small, fast emotion model: whisper-tiny.en (4 blocks of 384), a small
