@@ -365,7 +365,10 @@ def within_corpus_table(accuracy_json: Path) -> list[str]:
     '| EmoDB | 7 | 10 | 89.1 +- 1.0 | 88.9 +- 1.0 | 71.5 +- 1.0 |'
     """
     if not accuracy_json.is_file():
-        return [f"(not measured yet: `python benchmarks/accuracy.py` writes {accuracy_json.name})"]
+        return [
+            f"(the table is in benchmarks/results/accuracy.md; {accuracy_json.name}, from which this "
+            "section is built, is written when `python benchmarks/accuracy.py` next runs)"
+        ]
     report = json.loads(accuracy_json.read_text())
     rows = [
         "| corpus | classes | folds | qieemo UA | best-block probe UA | openSMILE UA |",
