@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ def fake_run(run: Path, test: list[Path], train: list[Path], finished: bool = Tr
     text = (DEFAULT_MODEL_DIR / "hyperparams.yaml").read_text()
     text = text.replace(
         "qieemo_lobes.whisper_torch.TorchWhisperBlocks", "qieemo_lobes.encoders.WhisperBlocks"
-    ).replace("  run_blocks: 3\n", "")
+    )
+    text = re.sub(r"^  run_blocks: \d+\n", "", text, flags=re.MULTILINE)  # TorchWhisperBlocks' only
     ckpt = run / "save" / "CKPT+2026-01-01+00-00-00+00"
     ckpt.mkdir(parents=True)
     (run / "hyperparams.yaml").write_text(text)
