@@ -133,8 +133,8 @@ def _mean(values) -> float | None:
     return sum(values) / len(values)
 
 
-def _cell(value: float | None) -> str:
-    return "failed" if value is None else f"{value:.1f}"
+def _cell(value: float | None, missing: str = "failed") -> str:
+    return missing if value is None else f"{value:.1f}"
 
 
 def report(
@@ -169,13 +169,13 @@ def report(
         delta = "" if base is None or mean is None or name == "baseline" else f"{mean - base:+.1f}"
         label = f"{description} (`{name}`)" + (" - transductive" if transductive else "")
         cells = " | ".join(_cell(row[c]) for c in corpora)
-        lines.append(f"| {label} | {cells} | {'-' if mean is None else f'{mean:.1f}'} | {delta} |")
+        lines.append(f"| {label} | {cells} | {_cell(mean, missing='-')} | {delta} |")
     for label, row in extra_rows.items():
         mean = _mean(row.values())
         cells = " | ".join(_cell(row[c]) for c in corpora)
         delta = "" if base is None or mean is None else f"{mean - base:+.1f}"
         lines.append(f"| trained on {label}, from the cross-corpus matrix | {cells} | "
-                     f"{'-' if mean is None else f'{mean:.1f}'} | {delta} |")  # fmt: skip
+                     f"{_cell(mean, missing='-')} | {delta} |")  # fmt: skip
     lines += ["", "Overrides of each variant:", ""]
     lines += [f"- `{name}`: `{' '.join(VARIANTS[name][1])}`" for name in results]
     lines += ["", f"Wall time of this call: {wall_time_s:.0f} s."]

@@ -10,29 +10,17 @@ lexical corpus, each with a status (``done``, ``partial`` or ``not run``).
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import paper_report
+
+from qieemo_lobes.recipe_results import read_predictions
 
 # --------------------------------------------------------------------------------------------------
 # Reading finished runs
 # --------------------------------------------------------------------------------------------------
-
-
-def read_predictions(path: Path) -> tuple[list[str], dict[str, tuple[str, np.ndarray]]]:
-    """``predictions.csv`` -> ``(classes, {utterance: (true label, probabilities)})``."""
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        classes = header[3:]
-        rows = {
-            row[0]: (row[1], np.array([float(p) for p in row[3:]], dtype=float)) for row in reader
-        }
-    return classes, rows
 
 
 def mmf_weights(train_log: Path) -> dict[str, float] | None:

@@ -20,12 +20,13 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 from qieemo_lobes.errors import NonFiniteError, one_line
 from qieemo_lobes.files import atomic_open, write_json_atomic
 
-__all__ = ["classification_metrics", "write_predictions", "write_results"]
+__all__ = ["classification_metrics", "read_predictions", "write_predictions", "write_results"]
 
 
 def classification_metrics(true: list[str], predicted: list[str], classes: list[str]) -> dict:
@@ -90,6 +91,30 @@ def write_predictions(rows: list, classes: list[str], path: str | os.PathLike) -
         writer.writerow(["utterance", "true", "predicted", *classes])
         for utt, true, predicted, probs in rows:
             writer.writerow([utt, true, predicted, *(f"{p:.6f}" for p in probs)])
+
+
+def read_predictions(
+    path: str | os.PathLike,
+) -> tuple[list[str], dict[str, tuple[str, np.ndarray]]]:
+    """What :func:`write_predictions` wrote: ``(classes, {utterance: (true label,
+    probabilities)})``, the probabilities in ``classes`` order.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "predictions.csv"
+    >>> write_predictions([("u1", "sad", "sad", [0.25, 0.75])], ["happy", "sad"], path)
+    >>> classes, rows = read_predictions(path)
+    >>> classes, rows["u1"][0], rows["u1"][1].tolist()
+    (['happy', 'sad'], 'sad', [0.25, 0.75])
+    """
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        classes = header[3:]
+        rows = {
+            row[0]: (row[1], np.array([float(p) for p in row[3:]], dtype=float)) for row in reader
+        }
+    return classes, rows
 
 
 def write_results(

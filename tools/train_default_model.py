@@ -31,13 +31,13 @@ resumes. Overrides are passed to both the cross-validation and the final trainin
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +55,7 @@ from qieemo_lobes.calibration import (  # noqa: E402
 )
 from qieemo_lobes.export import ExportError, export_model  # noqa: E402
 from qieemo_lobes.files import write_json_atomic  # noqa: E402
+from qieemo_lobes.recipe_results import read_predictions  # noqa: E402
 
 CLASSES = list(cross_corpus.CLASSES)
 # Heads compared leave-one-corpus-out (benchmarks/loco_study.py's variants, the same runs when
@@ -105,13 +106,13 @@ def loco_summary(records: dict[str, dict]) -> tuple[dict, dict[str, dict]]:
 
 def held_out_log_probabilities(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """A leave-one-corpus-out run's test predictions (``predictions.csv``): log-probabilities
-    (probabilities clamped at 1e-6, the file's precision) and label indices in :data:`CLASSES`
-    order. Temperature scaling of log-probabilities is that of the logits (the log-sum-exp
-    shift cancels in the softmax)."""
-    with open(run / "predictions.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    probabilities = torch.tensor([[float(r[c]) for c in CLASSES] for r in rows])
-    labels = torch.tensor([CLASSES.index(r["true"]) for r in rows])
+    (probabilities clamped at 1e-6, the file's precision) and label indices, both in
+    :data:`CLASSES` order. Temperature scaling of log-probabilities is that of the logits (the
+    log-sum-exp shift cancels in the softmax)."""
+    classes, rows = read_predictions(run / "predictions.csv")
+    order = [classes.index(c) for c in CLASSES]
+    probabilities = torch.tensor(np.stack([p[order] for _, p in rows.values()]))
+    labels = torch.tensor([CLASSES.index(true) for true, _ in rows.values()])
     return probabilities.clamp_min(1e-6).log(), labels
 
 
@@ -178,12 +179,9 @@ def shipped_calibration(calibration: dict[str, dict], cross: dict) -> tuple[dict
     >>> shipped_calibration(runs, cross)[0]["temperature"]
     2.0
     """
-    ece = {
-        "none": _mean_of([c.get("ece_test_before") for c in calibration.values()]),
-        "recipe": _mean_of([c.get("ece_test_after") for c in calibration.values()]),
-        "cross": _mean_of([c.get("ece_after") for c in cross["per_corpus"].values()]),
+    known = {
+        name: value for name, value in mean_eces(calibration, cross).items() if value is not None
     }
-    known = {name: value for name, value in ece.items() if value is not None}
     best = min(known, key=known.get)
     means = ", ".join(f"{name} {value:.1f}" for name, value in known.items())
     reason = f"lowest mean ECE on the held-out corpora ({means} %): {best}"
@@ -197,6 +195,18 @@ def shipped_calibration(calibration: dict[str, dict], cross: dict) -> tuple[dict
         "note": "no temperature lowered the expected calibration error on held-out corpora "
         f"({means} %; see MODEL_CARD.md), so T = 1",
     }, reason
+
+
+def mean_eces(calibration: dict[str, dict], cross: dict | None) -> dict[str, float | None]:
+    """The mean ECE over the held-out corpora of each calibration choice: ``none`` (before),
+    ``recipe`` (each run's own temperature, from its ``calibration.json``) and ``cross``
+    (a temperature fitted on the other corpora, :func:`cross_corpus_calibration`)."""
+    per_corpus = (cross or {}).get("per_corpus", {})
+    return {
+        "none": _mean_of([c.get("ece_test_before") for c in calibration.values()]),
+        "recipe": _mean_of([c.get("ece_test_after") for c in calibration.values()]),
+        "cross": _mean_of([c.get("ece_after") for c in per_corpus.values()]),
+    }
 
 
 def _number(value: float | None) -> str:
@@ -233,12 +243,10 @@ def loco_table(
             f"{_with_temperature(cal.get('ece_test_after'), cal.get('temperature'))} | "
             f"{_with_temperature(other.get('ece_after'), other.get('temperature'))} |"
         )
-    mean = summary["mean"]
+    mean, ece = summary["mean"], mean_eces(calibration, cross)
     rows.append(
         f"| **mean** | | {mean['wa']:.1f} | **{mean['ua']:.1f}** | {mean['wf1']:.1f} | "
-        f"{_number(_mean_of([c.get('ece_test_before') for c in calibration.values()]))} | "
-        f"{_number(_mean_of([c.get('ece_test_after') for c in calibration.values()]))} | "
-        f"{_number(_mean_of([c.get('ece_after') for c in per_corpus.values()]))} |"
+        f"{_number(ece['none'])} | {_number(ece['recipe'])} | {_number(ece['cross'])} |"
     )
     return rows
 
