@@ -320,8 +320,8 @@ def measure_baselines(corpus: str, items: list[dict], args: argparse.Namespace) 
     if corpus in args.window_toggled.split(","):
         probes.append(("30s", False))
     systems = []
+    cache = work / "feature_cache"
     for window, speaker_norm in probes:
-        cache = work / "feature_cache"
         probe = probe_result(items, y, folds, cache, speaker_norm, work / corpus, window)
         key = "probe" + ("_spknorm" if speaker_norm else "") + ("" if window == "fit" else "_30s")
         name = (
