@@ -5,7 +5,7 @@
     python -m qieemo_lobes.classify PATH... [--model DIR] [--trust-model] [--out FILE]
                                     [--format table|json|csv] [--top-k K] [--plot DIR]
                                     [--batch-size N] [--device cpu|cuda]
-                                    [--backend torch|onnx] [--shard I/N|auto]
+                                    [--backend torch|onnx] [--shard I/N|auto] [--adapt]
 
 ``PATH``: files, directories (searched recursively, audio files only) and glob patterns
 (``"calls/**/*.flac"``). ``--model`` is a model folder written by ``python -m qieemo_lobes.export``
@@ -46,6 +46,13 @@ from 1 to the model's number of classes, otherwise refused with exit 2).
   weighted by segment duration, its label their argmax. Memory stays bounded by a block of audio
   and a batch of segments, whatever the length of the file.
   ``--plot DIR`` draws each long recording's emotion timeline as ``DIR/<name>.png``.
+- ``--adapt`` (torch backend, not with ``--shard``): the model's input statistics are first
+  measured on the inputs themselves (up to :data:`~qieemo_lobes.classify_engine.ADAPT_MAX_CLIPS`
+  clips or speech segments spread over them; at least :data:`ADAPT_MIN_CLIPS`), then every input
+  is classified with them (:mod:`qieemo_lobes.adaptation`, AdaBN). Give it recordings of one
+  domain (one corpus, one recording set-up): on corpora never seen in training it raised UA
+  markedly (``benchmarks/results/adapt_study.md``), but each result then depends on the other
+  inputs (transductive), and the inputs are read twice.
 - The model sees each clip or segment with its mean (DC offset) removed; see
   :func:`qieemo_lobes.interfaces.remove_dc`.
 
@@ -153,6 +160,9 @@ __all__ = ["DEFAULT_MODEL_DIR", "main"]
 
 # The default model folder, shipped in the package (written by ``python -m qieemo_lobes.export``).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+# --adapt refuses fewer clips: benchmarks/results/adapt_study.md, 10 random clips of a held-out
+# corpus already gave most of the gain of the whole corpus.
+ADAPT_MIN_CLIPS = 10
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 TRUST_HELP = (
     "load a model folder that python -m qieemo_lobes.export did not write: its hyperparams.yaml "
@@ -211,6 +221,9 @@ def _main(args: argparse.Namespace, configure_process: bool) -> int:
     except ValueError as err:
         raise _Refused(str(err)) from None
     onnx = args.backend == "onnx"
+    if args.adapt and (onnx or shard is not None):
+        option = "--backend onnx" if onnx else "--shard"
+        raise _Refused(f"--adapt cannot be combined with {option}")
     if onnx:  # process settings first: numpy reads them when it is imported
         device = _onnx_device(args.device, configure_process)
         from qieemo_lobes.onnx_models import resolve_onnx_model
@@ -342,14 +355,34 @@ def _write_results(
     if recognizer is not None:
         results = itertools.chain(results, classify_planned(plan, recognizer, args.batch_size))
     failures: list[FileResult] = []
-    for index, result in results:
-        if result.error is not None:
-            failures.append(result)
-        elif plots is not None:
-            plots.add(result)
-        writer.add(index, result)
+    with _adaptation(recognizer, plan) if args.adapt else contextlib.nullcontext():
+        for index, result in results:
+            if result.error is not None:
+                failures.append(result)
+            elif plots is not None:
+                plots.add(result)
+            writer.add(index, result)
     writer.close()
     return failures, plots.failures if plots is not None else []
+
+
+def _adaptation(recognizer: EmotionRecognizer | None, plan: list):
+    """``--adapt``: the recognizer adapted to the inputs' own input statistics (a context)."""
+    if recognizer is None:  # nothing to classify
+        return contextlib.nullcontext()
+    from qieemo_lobes.adaptation import AdaptationError
+    from qieemo_lobes.classify_engine import measure_inputs
+
+    try:
+        stats = measure_inputs(plan, recognizer, ADAPT_MIN_CLIPS)
+    except AdaptationError as err:
+        raise _Refused(f"--adapt: {err}") from None
+    print(
+        f"classify: adapted to the inputs (input statistics of {stats.n_clips} clips); "
+        "each result depends on the other inputs",
+        file=sys.stderr,
+    )
+    return recognizer.adapted(stats)
 
 
 def _report(failures: list[FileResult], plot_failures: list[str], n_inputs: int) -> int:
@@ -411,6 +444,13 @@ def _parser() -> argparse.ArgumentParser:
         help="torch (default): the model folder with PyTorch; onnx: an ONNX model folder "
         "(python -m qieemo_lobes.export_onnx; default: the default model's ONNX copy, built "
         "once on first use) with onnxruntime, without importing torch",
+    )
+    parser.add_argument(
+        "--adapt",
+        action="store_true",
+        help="adapt the model to the inputs first (their input statistics, AdaBN; at least "
+        f"{ADAPT_MIN_CLIPS} clips of one domain; torch backend): better on speech unlike the "
+        "training corpora, but each result depends on the other inputs",
     )
     parser.add_argument(
         "--shard",

@@ -37,6 +37,16 @@ writes, the built-in default model included, pass. ``trust_code=True`` skips the
 ``hyperparams.yaml`` check (any SpeechBrain-style folder, hub ids included: you vouch for it);
 damaged or diverged (NaN) weight files are still reported in one line.
 
+**Adapting to a new domain** (:mod:`qieemo_lobes.adaptation`, AdaBN): the head standardises its
+inputs with its training statistics; :meth:`EmotionRecognizer.domain_statistics` measures them on
+unlabelled recordings of one domain (a corpus, a call centre, a microphone) and
+:meth:`EmotionRecognizer.adapted` classifies with them. The results then depend on those other
+recordings (transductive)::
+
+    stats = recognizer.domain_statistics(recognizer.load_audio(p) for p in my_recordings)
+    with recognizer.adapted(stats):
+        out_prob, score, index, text_lab = recognizer.classify_file("speech.wav")
+
 Loading is offline: a local folder is read in place (SpeechBrain's ``fetch`` links or returns
 local files and never touches the network for them), and a path that does not exist is reported
 as such instead of being taken for a model hub id. Pass ``run_opts={"device": "cuda"}`` for GPU.
@@ -51,12 +61,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 from speechbrain.inference.interfaces import Pretrained
 
+from qieemo_lobes.adaptation import InputStatistics, adapted, input_statistics
 from qieemo_lobes.audio import load_audio, remove_dc
 from qieemo_lobes.model_folder import (
     HEAD_FILE,
@@ -325,6 +336,48 @@ class EmotionRecognizer(Pretrained):
         score, index = torch.max(out_prob, dim=-1)
         text_lab = self.hparams.label_encoder.decode_torch(index.cpu())
         return out_prob, score, index, text_lab
+
+    def domain_statistics(self, waveforms: Iterable[torch.Tensor]) -> InputStatistics:
+        """The head's input statistics on unlabelled speech of one domain (AdaBN).
+
+        Arguments
+        ---------
+        waveforms : iterable of torch.Tensor
+            ``(samples,)`` mono waveforms at :attr:`sample_rate` (as :meth:`load_audio` returns
+            them), one clip or speech segment each; read one at a time.
+
+        Returns
+        -------
+        qieemo_lobes.adaptation.InputStatistics
+            For :meth:`adapted`.
+        """
+
+        def encoded() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            for waveform in waveforms:
+                wavs, wav_lens = self._batch(waveform, None)
+                with torch.inference_mode():
+                    blocks, ppg = self.mods.encoder(remove_dc(wavs, wav_lens), wav_lens)
+                yield blocks, ppg, wav_lens
+
+        return input_statistics(self.mods.head, encoded())
+
+    @contextlib.contextmanager
+    def adapted(self, stats: InputStatistics) -> Iterator[EmotionRecognizer]:
+        """Within the ``with`` block, classify with the input statistics ``stats`` (from
+        :meth:`domain_statistics`) instead of the training ones; restored after it.
+
+        Arguments
+        ---------
+        stats : qieemo_lobes.adaptation.InputStatistics
+            The target domain's statistics.
+
+        Yields
+        ------
+        EmotionRecognizer
+            The recognizer itself.
+        """
+        with adapted(self.mods.head, stats):
+            yield self
 
     def classify_file(self, path, **kwargs):
         """Classify one audio file as a whole (it is read into memory whole).

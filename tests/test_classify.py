@@ -461,3 +461,85 @@ def test_top_k_outside_the_classes_is_refused(capsys, model, k):
     assert out == "" and err.strip().splitlines() == [
         f"classify: --top-k must be between 1 and 7 (the model's classes), got {k}"
     ]
+
+
+def _adapt_inputs(emodb_dir: Path, folder: Path, n: int) -> list[Path]:
+    """``n`` EmoDB clips, 20 dB quieter and high-passed: one recording set-up unlike training."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for source in sorted(emodb_dir.glob("*.wav"))[:n]:
+        clip, rate = sf.read(source, dtype="float32")
+        quiet = torchaudio.functional.highpass_biquad(torch.from_numpy(clip) * 0.1, rate, 300.0)
+        sf.write(folder / source.name, quiet.numpy(), rate)
+        paths.append(folder / source.name)
+    return paths
+
+
+def test_adapt_classifies_with_the_inputs_statistics(model, emodb_dir, tmp_path):
+    """--adapt gives what EmotionRecognizer.domain_statistics + adapted give in-process, which
+    differs from the unadapted result."""
+    from qieemo_lobes.classify import ADAPT_MIN_CLIPS
+    from qieemo_lobes.interfaces import EmotionRecognizer
+
+    paths = _adapt_inputs(emodb_dir, tmp_path / "audio", ADAPT_MIN_CLIPS + 2)
+    adapted_run = run_classify(
+        str(tmp_path / "audio"), "--model", str(model), "--format", "json", "--adapt"
+    )
+    plain_run = run_classify(str(tmp_path / "audio"), "--model", str(model), "--format", "json")
+    assert adapted_run.returncode == 0 and plain_run.returncode == 0, adapted_run.stderr
+    assert adapted_run.stderr.strip().splitlines() == [
+        f"classify: adapted to the inputs (input statistics of {len(paths)} clips); "
+        "each result depends on the other inputs"
+    ]
+    adapted_probs = {
+        Path(r["path"]).name: _probabilities(r)
+        for r in map(json.loads, adapted_run.stdout.splitlines())
+    }
+    plain_probs = {
+        Path(r["path"]).name: _probabilities(r)
+        for r in map(json.loads, plain_run.stdout.splitlines())
+    }
+
+    recognizer = EmotionRecognizer.from_hparams(source=model)
+    stats = recognizer.domain_statistics(recognizer.load_audio(p) for p in paths)
+    assert stats.n_clips == len(paths)
+    with recognizer.adapted(stats):
+        expected = {p.name: recognizer.classify_file(p)[0].exp()[0].numpy() for p in paths}
+    for name, probs in expected.items():
+        assert np.abs(adapted_probs[name] - probs).max() < 2e-4, name
+    # The adaptation changed the results (the tiny test model's probabilities are all close to
+    # uniform: 0.006 here, 30 times the tolerance above).
+    change = max(np.abs(adapted_probs[n] - plain_probs[n]).max() for n in expected)
+    assert change > 2e-3
+
+
+def test_adapt_measures_a_long_recording_by_its_speech_segments(model, inputs):
+    result = run_classify(str(inputs / "long.flac"), "--model", str(model), "--adapt")
+    assert result.returncode == 0, result.stderr
+    n_clips = int(re.search(r"input statistics of (\d+) clips", result.stderr).group(1))
+    assert LONG_CLIPS - 2 <= n_clips <= LONG_CLIPS + 2  # its 20 clips, as speech segments
+
+
+def test_adapt_refusals_exit_2(capsys, model, emodb_dir, tmp_path):
+    from qieemo_lobes import classify
+
+    few = _adapt_inputs(emodb_dir, tmp_path / "few", classify.ADAPT_MIN_CLIPS - 1)
+    cases = [
+        (
+            [str(tmp_path / "few"), "--model", str(model), "--adapt"],
+            f"--adapt: needs at least {classify.ADAPT_MIN_CLIPS} readable clips of one domain "
+            f"(files, or speech segments of long recordings); the inputs gave {len(few)}",
+        ),
+        (
+            [str(few[0]), "--adapt", "--backend", "onnx"],
+            "--adapt cannot be combined with --backend onnx",
+        ),
+        (
+            [str(few[0]), "--adapt", "--shard", "1/2", "--out", str(tmp_path / "r.json")],
+            "--adapt cannot be combined with --shard",
+        ),
+    ]
+    for argv, problem in cases:
+        assert classify.main(argv, configure_process=False) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"classify: {problem}"], (argv, err)

@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""Test-time adaptation on leave-one-corpus-out runs: UA with the training statistics against UA
+with the held-out corpus' own (AdaBN, :mod:`qieemo_lobes.adaptation`).
+
+For every finished leave-one-corpus-out run of the chosen variants of
+``benchmarks/loco_study.py`` (read from its JSON), the head is loaded as
+``python -m qieemo_lobes.export`` would ship it and its held-out corpus classified from the
+feature cache:
+
+- **no adaptation**: the head's training statistics; must reproduce the run's own test
+  predictions (``predictions.csv``), which checks that the study evaluates what the run measured;
+- **corpus, n clips**: statistics of ``n`` random unlabelled clips of the held-out corpus
+  (``--draws`` draws each), applied to all its clips: what ``classify --adapt`` needs from a user;
+- **corpus, all clips**: statistics of the whole held-out corpus;
+- **per speaker**: each speaker's clips with the statistics of that speaker's clips.
+
+Every adapted row is transductive (the statistics come from the test audio, never its labels).
+The change against no adaptation gets a paired bootstrap over speakers
+(:func:`qieemo_lobes.stats.paired_bootstrap`).
+
+    python benchmarks/adapt_study.py [--loco benchmarks/results/loco_study.json] \\
+        [--variants baseline,all_blocks] [--feature_cache results/bench/feature_cache] \\
+        [--sizes 10,30,100] [--draws 5] [--work results/adapt_study] \\
+        [--out benchmarks/results/adapt_study.md]
+
+writes ``--out`` and its ``.json``. Each run's result is kept in ``WORK/<variant>/<corpus>.json``,
+so an interrupted study resumes; a run that fails is reported in one line and the others go on
+(exit code 1 at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from qieemo_lobes.adaptation import adapted, input_statistics  # noqa: E402
+from qieemo_lobes.errors import one_line  # noqa: E402
+from qieemo_lobes.export import export_model  # noqa: E402
+from qieemo_lobes.features import FeatureCache  # noqa: E402
+from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
+from qieemo_lobes.interfaces import EmotionRecognizer  # noqa: E402
+from qieemo_lobes.recipe_results import read_predictions  # noqa: E402
+from qieemo_lobes.stats import paired_bootstrap, unweighted_accuracy  # noqa: E402
+
+Features = list[tuple[torch.Tensor, torch.Tensor]]  # per clip: blocks (C, T, D), ppg (T, P)
+
+
+def log(line: str) -> None:
+    print(f"adapt_study: {line}", file=sys.stderr, flush=True)
+
+
+def batches(features: Features, index: Sequence[int], size: int = 16) -> Iterator[tuple]:
+    """``(clips, blocks (C, B, T, D), ppg (B, T, P), lengths)`` for the clips ``index``, in
+    batches of ``size`` clips of similar length (zero-padded; relative lengths as the recipe
+    passes them).
+
+    Example
+    -------
+    >>> feats = [(torch.ones(2, t, 3), torch.ones(t, 4)) for t in (5, 2, 4)]
+    >>> [(i, b.shape, l.tolist()) for i, b, _, l in batches(feats, [0, 1, 2], size=2)]
+    [([1, 2], torch.Size([2, 2, 4, 3]), [0.5, 1.0]), ([0], torch.Size([2, 1, 5, 3]), [1.0])]
+    """
+    order = sorted(index, key=lambda i: features[i][0].shape[1])
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
+        time_ = max(features[i][0].shape[1] for i in chunk)
+        blocks = torch.zeros(
+            features[chunk[0]][0].shape[0], len(chunk), time_, features[chunk[0]][0].shape[2]
+        )
+        ppg = torch.zeros(len(chunk), time_, features[chunk[0]][1].shape[1])
+        for j, i in enumerate(chunk):
+            n = features[i][0].shape[1]
+            blocks[:, j, :n] = features[i][0].float()
+            ppg[j, :n] = features[i][1].float()
+        lengths = torch.tensor([features[i][0].shape[1] / time_ for i in chunk])
+        yield chunk, blocks, ppg, lengths
+
+
+def predict(head: torch.nn.Module, features: Features, index: Sequence[int]) -> dict[int, int]:
+    """``{clip: predicted class index}`` for the clips ``index`` (eval mode, no gradients)."""
+    out = {}
+    head.eval()
+    with torch.inference_mode():
+        for chunk, blocks, ppg, lengths in batches(features, index):
+            for i, k in zip(chunk, head(blocks, ppg, lengths).argmax(-1).tolist(), strict=True):
+                out[i] = k
+    return out
+
+
+def statistics(head: torch.nn.Module, features: Features, index: Sequence[int]):
+    """The head's input statistics measured on the clips ``index``."""
+    return input_statistics(head, (b[1:] for b in batches(features, index)))
+
+
+def adaptation_results(
+    head: torch.nn.Module,
+    features: Features,
+    truth: Sequence[str],
+    speakers: Sequence[str],
+    labels: Sequence[str],
+    sizes: Sequence[int],
+    draws: int,
+    seed: int = 0,
+) -> dict:
+    """UA (percent) of the head on all clips without adaptation, adapted to the whole set, to
+    ``n`` random clips of it (``draws`` times per size) and per speaker, with the predictions.
+
+    Example
+    -------
+    >>> from qieemo_lobes.qieemo import QieemoHead
+    >>> _ = torch.manual_seed(0)
+    >>> head = QieemoHead(input_dim=4, ppg_dim=4, n_classes=2, n_encoder_blocks=2, blocks=[1, 2],
+    ...                   d_model=8, use_cma=False)
+    >>> feats = [(torch.randn(2, 6, 4) + 3, torch.randn(6, 4)) for _ in range(8)]
+    >>> out = adaptation_results(head, feats, ["a", "b"] * 4, ["s1"] * 4 + ["s2"] * 4,
+    ...                          ["a", "b"], sizes=[2], draws=3)
+    >>> sorted(out), len(out["by_size"]["2"])
+    (['by_size', 'corpus', 'none', 'per_speaker', 'predictions'], 3)
+    """
+    everything = range(len(features))
+
+    def ua(predicted: dict[int, int]) -> float:
+        return unweighted_accuracy(truth, [labels[predicted[i]] for i in everything])
+
+    base = predict(head, features, everything)
+    with adapted(head, statistics(head, features, everything)):
+        corpus = predict(head, features, everything)
+    per_speaker: dict[int, int] = {}
+    for speaker in sorted(set(speakers)):
+        own = [i for i in everything if speakers[i] == speaker]
+        with adapted(head, statistics(head, features, own)):
+            per_speaker.update(predict(head, features, own))
+    rng = np.random.default_rng(seed)
+    by_size = {}
+    for n in sizes:
+        if n >= len(features):
+            continue
+        by_size[str(n)] = []
+        for _ in range(draws):
+            subset = sorted(rng.choice(len(features), size=n, replace=False).tolist())
+            with adapted(head, statistics(head, features, subset)):
+                by_size[str(n)].append(ua(predict(head, features, everything)))
+    return {
+        "none": ua(base),
+        "corpus": ua(corpus),
+        "per_speaker": ua(per_speaker),
+        "by_size": by_size,
+        "predictions": {
+            name: [labels[p[i]] for i in everything]
+            for name, p in (("none", base), ("corpus", corpus), ("per_speaker", per_speaker))
+        },
+    }
+
+
+def load_run(run: Path) -> EmotionRecognizer:
+    """The run's head, label encoder and inference encoder, as the export ships them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_model(run, Path(tmp) / "model")
+        return EmotionRecognizer.from_hparams(source=folder, savedir=Path(tmp) / "model")
+
+
+def evaluate_run(run: Path, cache_root: Path, sizes: Sequence[int], draws: int) -> dict:
+    """:func:`adaptation_results` on the run's test set, read from the feature cache, with the
+    agreement of the unadapted predictions with the run's ``predictions.csv``."""
+    recognizer = load_run(run)
+    test = json.loads((run / "test.json").read_text())
+    cache = FeatureCache(recognizer.mods.encoder, str(cache_root))
+    utterances = sorted(test)
+    features = [cache.load(test[utt]["wav"]) for utt in utterances]
+    truth = [test[utt]["emo"] for utt in utterances]
+    speakers = [test[utt]["spk_id"] for utt in utterances]
+    results = adaptation_results(
+        recognizer.mods.head, features, truth, speakers, recognizer.labels, sizes, draws
+    )
+    classes, recorded = read_predictions(run / "predictions.csv")
+    recorded_pred = [classes[int(np.argmax(recorded[utt][1]))] for utt in utterances]
+    predictions = results.pop("predictions")
+    results["agreement_with_run"] = 100.0 * float(
+        np.mean([a == b for a, b in zip(recorded_pred, predictions["none"], strict=True)])
+    )
+    results["ua_recorded"] = json.loads((run / "test_metrics.json").read_text())["ua"]
+    for name in ("corpus", "per_speaker"):
+        results[f"{name}_vs_none"] = paired_bootstrap(
+            truth, predictions["none"], predictions[name], speakers
+        )
+    results["n_clips"], results["n_speakers"] = len(utterances), len(set(speakers))
+    return results
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    return f"{np.mean(values):.1f} +- {np.std(values):.1f}"
+
+
+def _delta(comparison: dict) -> str:
+    return "{delta_ua:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p {p_value:.3f}".format(**comparison)
+
+
+def _row(name: str, runs: dict, corpora: Sequence[str], cell, mean: bool = True) -> str:
+    """One table row: ``cell(result)`` per corpus (``-`` where a run is missing), and the mean
+    of the cells' leading numbers when every corpus has one and ``mean``."""
+    cells = [cell(runs[c]) if c in runs else "-" for c in corpora]
+    tail = "-"
+    if mean and "-" not in cells:
+        tail = f"{np.mean([float(v.split()[0]) for v in cells]):.1f}"
+    return f"| {name} | " + " | ".join(cells) + f" | {tail} |"
+
+
+def variant_rows(runs: dict, corpora: Sequence[str], sizes: Sequence[int]) -> list[str]:
+    """The table of one variant: ``{corpus: result of evaluate_run}`` as markdown lines.
+
+    Example
+    -------
+    >>> delta = {"delta_ua": 5.0, "ci_low": 1.0, "ci_high": 9.0, "p_value": 0.01}
+    >>> run = {"ua_recorded": 50.0, "none": 50.0, "agreement_with_run": 100.0, "corpus": 55.0,
+    ...        "by_size": {"10": [52.0, 54.0]}, "per_speaker": 56.0, "corpus_vs_none": delta,
+    ...        "per_speaker_vs_none": delta}
+    >>> print("\\n".join(variant_rows({"emodb": run}, ["emodb", "emovo"], [10])[3:6]))
+    | none (recomputed) | 50.0 | - | - |
+    | agreement with the run (%) | 100.0 | - | - |
+    | corpus, 10 clips | 53.0 +- 1.0 | - | - |
+    """
+    lines = ["| | " + " | ".join(corpora) + " | mean |", "|---" * (len(corpora) + 2) + "|"]
+    lines.append(_row("UA of the run", runs, corpora, lambda r: f"{r['ua_recorded']:.1f}"))
+    lines.append(_row("none (recomputed)", runs, corpora, lambda r: f"{r['none']:.1f}"))
+    lines.append(
+        _row(
+            "agreement with the run (%)",
+            runs,
+            corpora,
+            lambda r: f"{r['agreement_with_run']:.1f}",
+            mean=False,
+        )
+    )
+    for n in sizes:
+        lines.append(
+            _row(
+                f"corpus, {n} clips",
+                runs,
+                corpora,
+                lambda r, n=n: _mean_std(r["by_size"][str(n)]) if str(n) in r["by_size"] else "-",
+            )
+        )
+    lines.append(_row("corpus, all clips", runs, corpora, lambda r: f"{r['corpus']:.1f}"))
+    lines.append(
+        _row("delta corpus - none", runs, corpora, lambda r: _delta(r["corpus_vs_none"]), False)
+    )
+    lines.append(_row("per speaker", runs, corpora, lambda r: f"{r['per_speaker']:.1f}"))
+    lines.append(
+        _row(
+            "delta per speaker - none",
+            runs,
+            corpora,
+            lambda r: _delta(r["per_speaker_vs_none"]),
+            False,
+        )
+    )
+    return lines
+
+
+def markdown(study: dict, corpora: Sequence[str], sizes: Sequence[int], command: str) -> str:
+    """The study's table: one block of rows per variant, one column per held-out corpus."""
+    lines = [
+        "# Test-time adaptation (AdaBN) on leave-one-corpus-out runs",
+        "",
+        f"Command: `{command}`",
+        f"Date: {study['date']}; machine: 2 CPU cores, no GPU; wall time {study['wall_time_s']:.0f} s.",
+        "",
+        "UA (percent) on the held-out corpus of each leave-one-corpus-out run of",
+        "`benchmarks/loco_study.py` (classes angry / happy / neutral / sad; TurEV-DB's calm as",
+        "neutral). *none*: the head's training statistics (recomputed here; *agreement* is the",
+        "share of clips predicted as the run's own `predictions.csv`). *n clips*: input statistics",
+        f"of n random unlabelled clips of the held-out corpus, mean +- std over {study['draws']}",
+        "draws. *corpus*: of all its clips. *per speaker*: each speaker's clips with their own.",
+        "Every adapted row is **transductive**: it uses the test audio (never its labels).",
+        "Delta: paired bootstrap over speakers against *none* (95 % interval, p).",
+        "",
+    ]
+    for variant, runs in study["variants"].items():
+        lines += [f"### {variant}", "", *variant_rows(runs, corpora, sizes), ""]
+    if study["failed"]:
+        lines += ["Failed: " + "; ".join(study["failed"]), ""]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loco", type=Path, default=REPO / "benchmarks/results/loco_study.json")
+    parser.add_argument("--variants", default="baseline,all_blocks")
+    parser.add_argument("--feature_cache", type=Path, default=REPO / "results/bench/feature_cache")
+    parser.add_argument("--sizes", default="10,30,100")
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--work", type=Path, default=REPO / "results/adapt_study")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/adapt_study.md")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    command = "python benchmarks/adapt_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    sizes = [int(n) for n in args.sizes.split(",") if n]
+    try:
+        loco = json.loads(args.loco.read_text())
+    except (OSError, ValueError) as err:
+        print(f"adapt_study: {args.loco}: {one_line(err)}", file=sys.stderr)
+        return 2
+    start, failed = time.time(), []
+    study: dict = {"variants": {}, "draws": args.draws, "sizes": sizes}
+    for variant in args.variants.split(","):
+        if variant not in loco["variants"]:
+            print(f"adapt_study: {args.loco}: no variant {variant!r}", file=sys.stderr)
+            return 2
+        study["variants"][variant] = {}
+        for corpus, record in loco["variants"][variant]["runs"].items():
+            kept = args.work / variant / f"{corpus}.json"
+            settings = {"folder": record["folder"], "sizes": sizes, "draws": args.draws}
+            if kept.exists() and json.loads(kept.read_text()).get("settings") == settings:
+                log(f"{variant} tested on {corpus}: finished earlier, kept")
+                study["variants"][variant][corpus] = json.loads(kept.read_text())
+                continue
+            log(f"{variant} tested on {corpus}: {record['folder']} ...")
+            try:
+                result = evaluate_run(Path(record["folder"]), args.feature_cache, sizes, args.draws)
+            except Exception as err:  # noqa: BLE001 - one line per failed run, the others go on
+                failed.append(f"{variant} tested on {corpus}: {one_line(err)}")
+                log(failed[-1])
+                continue
+            result["settings"] = settings
+            write_json_atomic(result, kept)
+            study["variants"][variant][corpus] = result
+            log(
+                f"{variant} tested on {corpus}: UA {result['none']:.1f} -> {result['corpus']:.1f} (corpus), {result['per_speaker']:.1f} (per speaker)"
+            )
+    study.update(
+        failed=failed,
+        command=command,
+        wall_time_s=time.time() - start,
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    )
+    write_json_atomic(study, args.out.with_suffix(".json"))
+    text = markdown(study, loco["corpora"], sizes, command)
+    write_text_atomic(text, args.out)
+    print(text)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
