@@ -5,7 +5,8 @@
     python -m qieemo_lobes.classify PATH... [--model DIR] [--trust-model] [--out FILE]
                                     [--format table|json|csv] [--top-k K] [--plot DIR]
                                     [--batch-size N] [--device cpu|cuda]
-                                    [--backend torch|onnx] [--shard I/N|auto] [--adapt]
+                                    [--backend torch|onnx] [--shard I/N|auto]
+                                    [--adapt [inputs|folder]]
 
 ``PATH``: files, directories (searched recursively, audio files only) and glob patterns
 (``"calls/**/*.flac"``). ``--model`` is a model folder written by ``python -m qieemo_lobes.export``
@@ -52,7 +53,9 @@ from 1 to the model's number of classes, otherwise refused with exit 2).
   is classified with them (:mod:`qieemo_lobes.adaptation`, AdaBN). Give it recordings of one
   domain (one corpus, one recording set-up): on corpora never seen in training it raised UA
   markedly (``benchmarks/results/adapt_study.md``), but each result then depends on the other
-  inputs (transductive), and the inputs are read twice.
+  inputs (transductive), and the inputs are read twice. ``--adapt folder``: the files of each
+  folder adapted to their own statistics (a folder per speaker or per session: per-speaker
+  statistics did better still in that study); every folder needs the minimum.
 - The model sees each clip or segment with its mean (DC offset) removed; see
   :func:`qieemo_lobes.interfaces.remove_dc`.
 
@@ -132,6 +135,7 @@ import itertools
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -352,37 +356,58 @@ def _write_results(
     writer = make_writer(stream, args.format, labels, top_k=args.top_k)
     plots = TimelinePlots(plot_dir, labels) if plot_dir is not None else None
     results = ((i, item) for i, item in enumerate(plan) if isinstance(item, FileResult))
-    if recognizer is not None:
+    if recognizer is not None and args.adapt:
+        adapted = _adapted_results(recognizer, plan, args.adapt, args.batch_size)
+        results = itertools.chain(results, adapted)
+    elif recognizer is not None:
         results = itertools.chain(results, classify_planned(plan, recognizer, args.batch_size))
     failures: list[FileResult] = []
-    with _adaptation(recognizer, plan) if args.adapt else contextlib.nullcontext():
-        for index, result in results:
-            if result.error is not None:
-                failures.append(result)
-            elif plots is not None:
-                plots.add(result)
-            writer.add(index, result)
+    for index, result in results:
+        if result.error is not None:
+            failures.append(result)
+        elif plots is not None:
+            plots.add(result)
+        writer.add(index, result)
     writer.close()
     return failures, plots.failures if plots is not None else []
 
 
-def _adaptation(recognizer: EmotionRecognizer | None, plan: list):
-    """``--adapt``: the recognizer adapted to the inputs' own input statistics (a context)."""
-    if recognizer is None:  # nothing to classify
-        return contextlib.nullcontext()
+def _adapted_results(
+    recognizer: EmotionRecognizer, plan: list, by: str, batch_size: int
+) -> Iterator[tuple[int, FileResult]]:
+    """``--adapt``: each group of inputs (all of them, or each folder's files) classified with
+    its own input statistics. Every group is measured before anything is classified, so a group
+    with too few clips refuses the run (:class:`_Refused`) before any result is written."""
     from qieemo_lobes.adaptation import AdaptationError
     from qieemo_lobes.classify_engine import measure_inputs
 
-    try:
-        stats = measure_inputs(plan, recognizer, ADAPT_MIN_CLIPS)
-    except AdaptationError as err:
-        raise _Refused(f"--adapt: {err}") from None
-    print(
-        f"classify: adapted to the inputs (input statistics of {stats.n_clips} clips); "
-        "each result depends on the other inputs",
-        file=sys.stderr,
-    )
-    return recognizer.adapted(stats)
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(plan):
+        if isinstance(item, tuple):
+            key = f"folder {Path(item[0]).parent}" if by == "folder" else "the inputs"
+            groups.setdefault(key, []).append(index)
+    measured = []
+    for key, indices in groups.items():
+        group = [plan[i] for i in indices]
+        try:
+            stats = measure_inputs(group, recognizer, ADAPT_MIN_CLIPS)
+        except AdaptationError as err:
+            where = f"{key}: " if by == "folder" else ""
+            raise _Refused(f"--adapt: {where}{err}") from None
+        print(
+            f"classify: adapted to {key} (input statistics of {stats.n_clips} clips); "
+            "each result depends on the other inputs",
+            file=sys.stderr,
+        )
+        measured.append((indices, group, stats))
+
+    def classified() -> Iterator[tuple[int, FileResult]]:
+        for indices, group, stats in measured:
+            with recognizer.adapted(stats):
+                for position, result in classify_planned(group, recognizer, batch_size):
+                    yield indices[position], result
+
+    return classified()
 
 
 def _report(failures: list[FileResult], plot_failures: list[str], n_inputs: int) -> int:
@@ -447,9 +472,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--adapt",
-        action="store_true",
+        nargs="?",
+        const="inputs",
+        choices=("inputs", "folder"),
         help="adapt the model to the inputs first (their input statistics, AdaBN; at least "
-        f"{ADAPT_MIN_CLIPS} clips of one domain; torch backend): better on speech unlike the "
+        f"{ADAPT_MIN_CLIPS} clips of one domain; torch backend); --adapt folder: each folder's "
+        "files to their own (e.g. a folder per speaker); better on speech unlike the "
         "training corpora, but each result depends on the other inputs",
     )
     parser.add_argument(

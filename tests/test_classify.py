@@ -543,3 +543,34 @@ def test_adapt_refusals_exit_2(capsys, model, emodb_dir, tmp_path):
         assert classify.main(argv, configure_process=False) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"classify: {problem}"], (argv, err)
+
+
+def test_adapt_folder_adapts_each_folder_to_its_own_files(model, emodb_dir, tmp_path):
+    from qieemo_lobes.classify import ADAPT_MIN_CLIPS
+
+    quiet = _adapt_inputs(emodb_dir, tmp_path / "audio" / "quiet", ADAPT_MIN_CLIPS)
+    plain = tmp_path / "audio" / "plain"
+    plain.mkdir()
+    for source in sorted(emodb_dir.glob("*.wav"))[ADAPT_MIN_CLIPS : 2 * ADAPT_MIN_CLIPS]:
+        (plain / source.name).write_bytes(source.read_bytes())
+    both = run_classify(
+        str(tmp_path / "audio"), "--model", str(model), "--format", "json", "--adapt", "folder"
+    )
+    alone = run_classify(str(quiet[0].parent), "--model", str(model), "--format", "json", "--adapt")
+    assert both.returncode == 0 and alone.returncode == 0, both.stderr
+    assert sorted(both.stderr.strip().splitlines()) == [
+        f"classify: adapted to folder {tmp_path / 'audio' / name} (input statistics of "
+        f"{ADAPT_MIN_CLIPS} clips); each result depends on the other inputs"
+        for name in ("plain", "quiet")
+    ]
+    by_folder = {r["path"]: _probabilities(r) for r in map(json.loads, both.stdout.splitlines())}
+    for record in map(json.loads, alone.stdout.splitlines()):
+        assert np.abs(by_folder[record["path"]] - _probabilities(record)).max() < 2e-4
+
+    (plain / sorted(p.name for p in plain.iterdir())[0]).unlink()  # one clip too few
+    refused = run_classify(str(tmp_path / "audio"), "--model", str(model), "--adapt", "folder")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"classify: --adapt: folder {plain}: needs at least {ADAPT_MIN_CLIPS} readable clips of one "
+        f"domain (files, or speech segments of long recordings); the inputs gave {ADAPT_MIN_CLIPS - 1}"
+    )

@@ -323,6 +323,18 @@ The heads compared on this protocol (UA on each held-out corpus); the best mean 
 |---|{"---|" * len(loco[chosen]["folds"])}---|
 {candidates}
 
+## Adapting to your recordings: `classify --adapt`
+`python -m qieemo_lobes.classify FOLDER --adapt` first measures the head's input statistics on
+the recordings given (up to 100 clips or speech segments, at least 10), then classifies them
+with those instead of the training statistics (AdaBN, `qieemo_lobes.adaptation`; the same in
+Python: `EmotionRecognizer.domain_statistics` and `adapted`). Give it recordings of one domain.
+Measured on the same leave-one-corpus-out runs (benchmarks/results/adapt_study.md): UA on each
+held-out corpus without adaptation, adapted to 100 random unlabelled clips of it (what `--adapt`
+does; mean over draws), to all its clips, and to each speaker's own clips. It is transductive:
+each result depends on the other recordings given.
+
+{chr(10).join(adaptation_table(REPO / "benchmarks" / "results" / "adapt_study.json", chosen, names))}
+
 ## Within each corpus
 The recipes' qieemo (each corpus' own classes, leave-one-speaker-out) against the best-block probe
 and openSMILE on the same folds (benchmarks/results/accuracy.md): how well the head learns a
@@ -354,6 +366,47 @@ extraction included where the cache was empty); the final training takes about a
 fold. The recipes skip finished folds and runs, so a rerun with the same work folder only redoes
 what is missing.
 """
+
+
+def adaptation_table(adapt_json: Path, variant: str, names: dict[str, str]) -> list[str]:
+    """The card's ``--adapt`` rows for the shipped head, from ``benchmarks/adapt_study.py``'s
+    JSON; a line saying how to make it when the file (or the variant) is missing.
+
+    >>> import json
+    >>> path = getfixture("tmp_path") / "adapt_study.json"
+    >>> run = {"none": 50.0, "corpus": 60.0, "per_speaker": 64.0, "by_size": {"100": [58.0, 60.0]}}
+    >>> path.write_text(json.dumps({"command": "python benchmarks/adapt_study.py",
+    ...                             "variants": {"all_blocks": {"emovo": run}}})) > 0
+    True
+    >>> adaptation_table(path, "all_blocks", {"emovo": "EMOVO (Italian)"})[2]
+    '| EMOVO (Italian) | 50.0 | 59.0 | 60.0 | 64.0 |'
+    """
+    study = json.loads(adapt_json.read_text()) if adapt_json.is_file() else {}
+    runs = study.get("variants", {}).get(variant)
+    if not runs:
+        return [
+            f"(not measured for this head yet: `python benchmarks/adapt_study.py --variants {variant}`)"
+        ]
+    rows = [
+        "| held-out corpus | UA, no adaptation | `--adapt` (100 clips) | all clips | per speaker |",
+        "|---|---|---|---|---|",
+    ]
+    columns: list[list[float]] = [[], [], [], []]
+    for corpus, run in runs.items():
+        values = [
+            run["none"],
+            float(np.mean(run["by_size"].get("100", [run["corpus"]]))),
+            run["corpus"],
+            run["per_speaker"],
+        ]
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+        rows.append(
+            f"| {names.get(corpus, corpus)} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
+        )
+    if set(runs) == set(names):  # no mean over a subset of the corpora
+        rows.append("| **mean** | " + " | ".join(f"{np.mean(c):.1f}" for c in columns) + " |")
+    return rows + ["", f"Command: `{study['command']}`"]
 
 
 def within_corpus_table(accuracy_json: Path) -> list[str]:
