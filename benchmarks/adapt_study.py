@@ -191,9 +191,11 @@ def evaluate_run(run: Path, cache_root: Path, sizes: Sequence[int], draws: int) 
         np.mean([a == b for a, b in zip(recorded_pred, predictions["none"], strict=True)])
     )
     results["ua_recorded"] = json.loads((run / "test_metrics.json").read_text())["ua"]
-    for name in ("corpus", "per_speaker"):
-        results[f"{name}_vs_none"] = paired_bootstrap(
-            truth, predictions["none"], predictions[name], speakers
+    for name in ("corpus", "per_speaker"):  # a bootstrap over speakers needs two
+        results[f"{name}_vs_none"] = (
+            paired_bootstrap(truth, predictions["none"], predictions[name], speakers)
+            if len(set(speakers)) > 1
+            else None
         )
     results["n_clips"], results["n_speakers"] = len(utterances), len(set(speakers))
     return results
@@ -203,7 +205,9 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(values):.1f} +- {np.std(values):.1f}"
 
 
-def _delta(comparison: dict) -> str:
+def _delta(comparison: dict | None) -> str:
+    if comparison is None:  # a single test speaker
+        return "-"
     return "{delta_ua:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p {p_value:.3f}".format(**comparison)
 
 
@@ -269,6 +273,33 @@ def variant_rows(runs: dict, corpora: Sequence[str], sizes: Sequence[int]) -> li
     return lines
 
 
+def within_rows(within: dict[str, list[dict]]) -> list[str]:
+    """The within-corpus section: per corpus, UA mean +- std over the folds of
+    ``benchmarks/accuracy.py``'s qieemo runs, unadapted and adapted.
+
+    Example
+    -------
+    >>> fold = {"none": 50.0, "corpus": 60.0, "per_speaker": 62.0, "agreement_with_run": 100.0}
+    >>> within_rows({"emovo": [fold, fold]})[-4]
+    '| emovo | 2 | 100.0 | 50.0 +- 0.0 | 60.0 +- 0.0 | 62.0 +- 0.0 |'
+    """
+    lines = [
+        "### Within each corpus",
+        "",
+        "The recipes' qieemo runs of `benchmarks/accuracy.py` (each corpus' own classes and",
+        "speaker-independent folds), UA mean +- std over folds: with the training statistics, with",
+        "those of the fold's test speakers together, and of each test speaker alone (transductive).",
+        "",
+        "| corpus | folds | agreement with the runs (%) | none | test fold | per speaker |",
+        "|---|---|---|---|---|---|",
+    ]
+    for corpus, folds in within.items():
+        agreement = min(f["agreement_with_run"] for f in folds)
+        cells = [_mean_std([f[key] for f in folds]) for key in ("none", "corpus", "per_speaker")]
+        lines.append(f"| {corpus} | {len(folds)} | {agreement:.1f} | " + " | ".join(cells) + " |")
+    return lines + ["", "Agreement: the lowest over folds.", ""]
+
+
 def markdown(study: dict, corpora: Sequence[str], sizes: Sequence[int], command: str) -> str:
     """The study's table: one block of rows per variant, one column per held-out corpus."""
     lines = [
@@ -289,6 +320,8 @@ def markdown(study: dict, corpora: Sequence[str], sizes: Sequence[int], command:
     ]
     for variant, runs in study["variants"].items():
         lines += [f"### {variant}", "", *variant_rows(runs, corpora, sizes), ""]
+    if study.get("within"):
+        lines += within_rows(study["within"])
     if study["failed"]:
         lines += ["Failed: " + "; ".join(study["failed"]), ""]
     return "\n".join(lines)
@@ -302,46 +335,88 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="10,30,100")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--work", type=Path, default=REPO / "results/adapt_study")
+    parser.add_argument(
+        "--within",
+        default="",
+        help="also the within-corpus folds of benchmarks/accuracy.py for these corpora "
+        "(WITHIN_WORK/<corpus>/qieemo/fold_<k>)",
+    )
+    parser.add_argument("--within_work", type=Path, default=REPO / "results/bench")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/adapt_study.md")
     return parser.parse_args(argv)
+
+
+def kept_or_evaluated(
+    name: str, folder: Path, kept: Path, args: argparse.Namespace, failed: list[str]
+) -> dict | None:
+    """:func:`evaluate_run` of ``folder``, or its result kept in ``kept`` by an earlier call with
+    the same settings; ``None`` (and a line in ``failed``) when it fails."""
+    settings = {"folder": str(folder), "sizes": args.sizes, "draws": args.draws}
+    if kept.exists() and json.loads(kept.read_text()).get("settings") == settings:
+        log(f"{name}: finished earlier, kept")
+        return json.loads(kept.read_text())
+    log(f"{name}: {folder} ...")
+    try:
+        result = evaluate_run(folder, args.feature_cache, args.sizes, args.draws)
+    except Exception as err:  # noqa: BLE001 - one line per failed run, the others go on
+        failed.append(f"{name}: {one_line(err)}")
+        log(failed[-1])
+        return None
+    result["settings"] = settings
+    write_json_atomic(result, kept)
+    log(
+        f"{name}: UA {result['none']:.1f} -> {result['corpus']:.1f} (whole test set), "
+        f"{result['per_speaker']:.1f} (per speaker)"
+    )
+    return result
+
+
+def fold_folders(folder: Path) -> list[Path]:
+    """The finished fold runs ``fold_<k>`` of a cross-validation folder, in fold order."""
+    folds = [f for f in folder.glob("fold_*") if (f / "test_metrics.json").is_file()]
+    return sorted(folds, key=lambda f: int(f.name.split("_")[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     command = "python benchmarks/adapt_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    sizes = [int(n) for n in args.sizes.split(",") if n]
+    args.sizes = [int(n) for n in args.sizes.split(",") if n]
     try:
         loco = json.loads(args.loco.read_text())
     except (OSError, ValueError) as err:
         print(f"adapt_study: {args.loco}: {one_line(err)}", file=sys.stderr)
         return 2
-    start, failed = time.time(), []
-    study: dict = {"variants": {}, "draws": args.draws, "sizes": sizes}
-    for variant in args.variants.split(","):
+    variants = [v for v in args.variants.split(",") if v]
+    for variant in variants:
         if variant not in loco["variants"]:
             print(f"adapt_study: {args.loco}: no variant {variant!r}", file=sys.stderr)
             return 2
+    start, failed = time.time(), []
+    study: dict = {"variants": {}, "within": {}, "draws": args.draws, "sizes": args.sizes}
+    for variant in variants:
         study["variants"][variant] = {}
         for corpus, record in loco["variants"][variant]["runs"].items():
             kept = args.work / variant / f"{corpus}.json"
-            settings = {"folder": record["folder"], "sizes": sizes, "draws": args.draws}
-            if kept.exists() and json.loads(kept.read_text()).get("settings") == settings:
-                log(f"{variant} tested on {corpus}: finished earlier, kept")
-                study["variants"][variant][corpus] = json.loads(kept.read_text())
-                continue
-            log(f"{variant} tested on {corpus}: {record['folder']} ...")
-            try:
-                result = evaluate_run(Path(record["folder"]), args.feature_cache, sizes, args.draws)
-            except Exception as err:  # noqa: BLE001 - one line per failed run, the others go on
-                failed.append(f"{variant} tested on {corpus}: {one_line(err)}")
-                log(failed[-1])
-                continue
-            result["settings"] = settings
-            write_json_atomic(result, kept)
-            study["variants"][variant][corpus] = result
-            log(
-                f"{variant} tested on {corpus}: UA {result['none']:.1f} -> {result['corpus']:.1f} (corpus), {result['per_speaker']:.1f} (per speaker)"
+            name = f"{variant} tested on {corpus}"
+            result = kept_or_evaluated(name, Path(record["folder"]), kept, args, failed)
+            if result is not None:
+                study["variants"][variant][corpus] = result
+    for corpus in [c for c in args.within.split(",") if c]:
+        folds = fold_folders(args.within_work / corpus / "qieemo")
+        if not folds:
+            failed.append(f"within {corpus}: no finished fold under {args.within_work / corpus}")
+            continue
+        results = [
+            kept_or_evaluated(
+                f"{corpus} {fold.name}",
+                fold,
+                args.work / "within" / corpus / f"{fold.name}.json",
+                args,
+                failed,
             )
+            for fold in folds
+        ]
+        study["within"][corpus] = [r for r in results if r is not None]
     study.update(
         failed=failed,
         command=command,
@@ -349,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     )
     write_json_atomic(study, args.out.with_suffix(".json"))
-    text = markdown(study, loco["corpora"], sizes, command)
+    text = markdown(study, loco["corpora"], args.sizes, command)
     write_text_atomic(text, args.out)
     print(text)
     return 1 if failed else 0
