@@ -273,6 +273,40 @@ def variant_rows(runs: dict, corpora: Sequence[str], sizes: Sequence[int]) -> li
     return lines
 
 
+def pair_rows(pairs: dict[str, dict]) -> list[str]:
+    """The single-corpus section: a row per ``TRAIN:TEST`` run of the cross-corpus matrix.
+
+    Example
+    -------
+    >>> run = {"none": 54.3, "corpus": 60.0, "per_speaker": 61.0, "by_size": {"100": [59.0]}}
+    >>> pair_rows({"emodb:ravdess": run})[-3]
+    '| emodb | ravdess | 54.3 | 59.0 | 60.0 | 61.0 |'
+    """
+    lines = [
+        "### Trained on one corpus",
+        "",
+        "Runs of the cross-corpus matrix (`benchmarks/cross_corpus.py`, the recipe head, no CMA).",
+        "",
+        "| trained on | tested on | none | corpus, 100 clips | corpus, all clips | per speaker |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair, run in pairs.items():
+        train, _, test = pair.partition(":")
+        hundred = run["by_size"].get("100")
+        cells = [
+            run["none"],
+            np.mean(hundred) if hundred else None,
+            run["corpus"],
+            run["per_speaker"],
+        ]
+        lines.append(
+            f"| {train} | {test} | "
+            + " | ".join("-" if v is None else f"{v:.1f}" for v in cells)
+            + " |"
+        )
+    return lines + ["", ""]
+
+
 def within_rows(within: dict[str, list[dict]]) -> list[str]:
     """The within-corpus section: per corpus, UA mean +- std over the folds of
     ``benchmarks/accuracy.py``'s qieemo runs, unadapted and adapted.
@@ -320,6 +354,8 @@ def markdown(study: dict, corpora: Sequence[str], sizes: Sequence[int], command:
     ]
     for variant, runs in study["variants"].items():
         lines += [f"### {variant}", "", *variant_rows(runs, corpora, sizes), ""]
+    if study.get("pairs"):
+        lines += pair_rows(study["pairs"])
     if study.get("within"):
         lines += within_rows(study["within"])
     if study["failed"]:
@@ -342,6 +378,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "(WITHIN_WORK/<corpus>/qieemo/fold_<k>)",
     )
     parser.add_argument("--within_work", type=Path, default=REPO / "results/bench")
+    parser.add_argument(
+        "--pairs",
+        default="",
+        help="also single-corpus runs of benchmarks/cross_corpus.py, TRAIN:TEST,... "
+        "(PAIRS_WORK/train-TRAIN_test-TEST[_turev-calm-neutral])",
+    )
+    parser.add_argument("--pairs_work", type=Path, default=REPO / "results/cross_corpus/qieemo")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/adapt_study.md")
     return parser.parse_args(argv)
 
@@ -401,6 +444,17 @@ def main(argv: list[str] | None = None) -> int:
             result = kept_or_evaluated(name, Path(record["folder"]), kept, args, failed)
             if result is not None:
                 study["variants"][variant][corpus] = result
+    study["pairs"] = {}
+    for pair in [p for p in args.pairs.split(",") if p]:
+        train, _, test = pair.partition(":")
+        mode = "_turev-calm-neutral" if "turev" in (train, test) else ""
+        folder = args.pairs_work / f"train-{train}_test-{test}{mode}"
+        kept = args.work / "pairs" / f"{train}-{test}.json"
+        result = kept_or_evaluated(
+            f"trained on {train}, tested on {test}", folder, kept, args, failed
+        )
+        if result is not None:
+            study["pairs"][pair] = result
     for corpus in [c for c in args.within.split(",") if c]:
         folds = fold_folders(args.within_work / corpus / "qieemo")
         if not folds:
