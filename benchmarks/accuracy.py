@@ -136,6 +136,8 @@ def qieemo_name(hparams: dict) -> str:
     speeds = hparams.get("speed_perturb") or [100]
     if list(speeds) != [100]:
         parts.append(f"speed perturbation {'/'.join(str(s) for s in speeds)} %")
+    if int(hparams.get("augment_copies", 0)):
+        parts.append(f"{hparams['augment_copies']} corrupted copies per training clip")
     encoder = "whisper-base" + ("" if hparams.get("window", "fit") == "fit" else " (30 s window)")
     tuned = int(hparams.get("tune_blocks", 0))
     if tuned:
@@ -246,7 +248,19 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated corpora on which qieemo (frozen, no speed copies) and the probe also "
         "run on whisper-base with the 30-second window",
     )
+    parser.add_argument(
+        "--augmented",
+        default="",
+        help="comma-separated corpora on which qieemo also trains with corrupted copies of its "
+        f"training clips ({' '.join(AUGMENTED)}; the robustness trade-off: "
+        "benchmarks/robustness.py --systems qieemo,qieemo_aug)",
+    )
     return parser.parse_args(argv)
+
+
+# The augmented run: two corrupted copies of every training clip (the recipe's suite: white and
+# babble noise, reverb, telephone, MP3, Opus, gain, every severity), encoded once into the cache.
+AUGMENTED = ["--augment_copies=2"]
 
 
 def qieemo_runs(corpus: str, args: argparse.Namespace) -> list[tuple[str, list[str] | None, str]]:
@@ -265,6 +279,8 @@ def qieemo_runs(corpus: str, args: argparse.Namespace) -> list[tuple[str, list[s
         runs.append(("qieemo_no_mmf", ["--use_mmf=False"], "ablation"))
     if corpus in args.window_toggled.split(","):
         runs.append(("qieemo_30s_frozen", WINDOW_30S, ""))
+    if corpus in args.augmented.split(","):
+        runs.append(("qieemo_aug", AUGMENTED, "2 corrupted copies of every training clip"))
     return runs
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Robustness curves: UA against corruption severity, qieemo against the probe and openSMILE.
 
-    python benchmarks/robustness.py --corpora emodb,ravdess,emovo [--systems qieemo,probe,opensmile]
+    python benchmarks/robustness.py --corpora emodb,ravdess,emovo
+        [--systems qieemo,qieemo_adapt,qieemo_aug,probe,opensmile]
         [--work results/bench] [--data ../shared/data] [--out benchmarks/results/robustness.md]
         [--corruptions white,babble,...|all] [--seed 0] [--max-per-fold N]
 
@@ -14,6 +15,11 @@ audio:
 - qieemo: accuracy.py's finished fold runs ``WORK/<corpus>/qieemo/fold_<k>`` (the recipe
   default), each on its own test speakers (refused, naming the accuracy.py command that makes
   them, when they are missing);
+- qieemo_adapt: the same runs, adapted to each condition (AdaBN, :mod:`qieemo_lobes.adaptation`):
+  the head's input statistics measured on the fold's corrupted test clips of that condition
+  (transductive: what ``classify --adapt`` does on a folder of such recordings);
+- qieemo_aug: accuracy.py's ``--augmented`` runs ``WORK/<corpus>/qieemo_aug/fold_<k>``, trained
+  with two corrupted copies of every training clip (the trade-off: clean UA against the rest);
 - probe: accuracy.py's (b): standardise + logistic regression (C=0.1) on the time-mean of one
   whisper-base block (fit window), the block chosen by inner CV on the training folds
   (:class:`baselines.InnerCVBlockProbe`), fitted on the clean training folds' means from the
@@ -81,6 +87,7 @@ from qieemo_lobes.robustness_data import (  # noqa: E402
     read_manifest,
 )
 from qieemo_lobes.robustness_model import (  # noqa: E402
+    AdaptingRecognizer,
     Classifier,
     LazyRecognizer,
     ModelError,
@@ -90,6 +97,8 @@ from qieemo_lobes.robustness_model import (  # noqa: E402
 
 SYSTEMS = {
     "qieemo": "qieemo (recipe default)",
+    "qieemo_adapt": "qieemo adapted to each condition (AdaBN, transductive)",
+    "qieemo_aug": "qieemo trained with corrupted copies",
     "probe": "probe, best block by inner CV",
     "opensmile": "openSMILE ComParE_2016 + linear SVM",
 }
@@ -132,15 +141,16 @@ def digest(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
-def fold_runs(corpus: str, items: list[dict], work: Path) -> dict[int, Path]:
-    """``{fold index: accuracy.py's finished qieemo run of that fold}``; refuses missing runs."""
+def fold_runs(corpus: str, items: list[dict], work: Path, name: str = "qieemo") -> dict[int, Path]:
+    """``{fold index: accuracy.py's finished run ``name`` of that fold}``; refuses missing runs."""
     folds = sorted({item["fold"] for item in items})
-    runs = {k: work / corpus / "qieemo" / f"fold_{k + 1}" for k in folds}
+    runs = {k: work / corpus / name / f"fold_{k + 1}" for k in folds}
     missing = [run.name for run in runs.values() if not (run / "test_metrics.json").is_file()]
     if missing:
+        option = f" --augmented {corpus}" if name == "qieemo_aug" else ""
         raise RobustnessError(
-            f"{work / corpus / 'qieemo'}: no finished qieemo fold runs {', '.join(missing)}; make "
-            f"them with: python benchmarks/accuracy.py --corpora {corpus} --work {work}"
+            f"{work / corpus / name}: no finished {name} fold runs {', '.join(missing)}; make "
+            f"them with: python benchmarks/accuracy.py --corpora {corpus}{option} --work {work}"
         )
     return runs
 
@@ -279,6 +289,14 @@ class Corpus:
         self.groups = np.array([item["fold"] for item in items])
 
     @functools.cached_property
+    def augmented_runs(self) -> dict[int, Path]:
+        """accuracy.py's ``--augmented`` runs, on the same folds (checked when first needed)."""
+        runs = fold_runs(self.name, self.items, self.work, "qieemo_aug")
+        for k, run in runs.items():
+            fold_clips(run, self.items, k)
+        return runs
+
+    @functools.cached_property
     def block_means(self) -> np.ndarray:
         return training_means(self.items, self.work / "feature_cache")
 
@@ -294,8 +312,15 @@ class Corpus:
     @contextlib.contextmanager
     def system(self, system: str, k: int) -> Iterator[tuple[Classifier, str]]:
         """``(classifier, digest of what it is)`` of ``system`` for test fold ``k``."""
-        if system == "qieemo":
+        if system in ("qieemo", "qieemo_adapt"):
             with model_folder(self.runs[k].resolve()) as folder:
+                if system == "qieemo":
+                    yield LazyRecognizer(folder), model_digest(folder)
+                else:
+                    yield AdaptingRecognizer(folder), digest("adapt", model_digest(folder))
+            return
+        if system == "qieemo_aug":
+            with model_folder(self.augmented_runs[k].resolve()) as folder:
                 yield LazyRecognizer(folder), model_digest(folder)
             return
         training = clips_digest(
@@ -546,7 +571,7 @@ def names(value: str, known: dict, option: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default="emodb,ravdess,emovo")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default="qieemo,qieemo_adapt,probe,opensmile")
     parser.add_argument("--work", default=str(REPO / "results" / "bench"))
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "robustness.md"))
@@ -571,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for name in args.corpora
             }
+            if "qieemo_aug" in args.systems:  # its runs found before anything runs, too
+                for corpus in corpora.values():
+                    corpus.augmented_runs  # noqa: B018 - checked (and cached) now
             for name, reason in unavailable.items():
                 log(f"{name}: skipped ({reason})")
             for name, corpus in corpora.items():

@@ -169,7 +169,8 @@ def evaluate(
 ) -> tuple[list[dict], list[str]]:
     """Classify every clip under every condition; returns ``(records, skipped lines)``.
 
-    ``classify`` maps a list of 16 kHz waveforms to their labels. Conditions already in
+    ``classify`` maps a list of 16 kHz waveforms to their labels (a batch at a time, or all of a
+    condition's clips at once when it has ``whole_condition = True``). Conditions already in
     ``results`` (same source) are kept without calling it; the others are added to it as they
     finish. A clip that cannot be read or corrupted is skipped (one line, logged once).
     """
@@ -188,9 +189,11 @@ def evaluate(
         else:
             start = time.perf_counter()
             predictions, problems = {}, []
-            for i in range(0, len(order), batch_size):
+            # A classifier adapted to the condition (whole_condition) gets all its clips at once.
+            step = len(order) if getattr(classify, "whole_condition", False) else batch_size
+            for i in range(0, len(order), max(1, step)):
                 wavs, ids = [], []
-                for clip in order[i : i + batch_size]:
+                for clip in order[i : i + step]:
                     try:
                         wavs.append(_corrupted(clip, condition, seed, pool, noise_csv, rir_csv))
                         ids.append(clip.id)

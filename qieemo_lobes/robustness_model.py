@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "AdaptingRecognizer",
     "Classifier",
     "LazyRecognizer",
     "ModelError",
@@ -73,14 +74,45 @@ class LazyRecognizer:
     """Loads the model folder only when a condition has to be computed."""
 
     def __init__(self, folder: Path, device: str = "cpu") -> None:
-        self.folder, self.device, self.classify = folder, device, None
+        self.folder, self.device, self.classify, self.recognizer = folder, device, None, None
+
+    def load(self):
+        """The folder's :class:`~qieemo_lobes.interfaces.EmotionRecognizer` (loaded once)."""
+        if self.recognizer is None:
+            from qieemo_lobes.interfaces import EmotionRecognizer
+
+            self.recognizer = EmotionRecognizer.from_hparams(
+                source=str(self.folder), run_opts={"device": self.device}
+            )
+        return self.recognizer
 
     def __call__(self, wavs: list[torch.Tensor]) -> list[str]:
         if self.classify is None:
-            from qieemo_lobes.interfaces import EmotionRecognizer
-
-            model = EmotionRecognizer.from_hparams(
-                source=str(self.folder), run_opts={"device": self.device}
-            )
-            self.classify = recognizer_classifier(model)
+            self.classify = recognizer_classifier(self.load())
         return self.classify(wavs)
+
+
+class AdaptingRecognizer(LazyRecognizer):
+    """The model adapted (AdaBN, :mod:`qieemo_lobes.adaptation`) to the clips of each call:
+    ``whole_condition`` asks :func:`qieemo_lobes.robustness.evaluate` for all of a condition's
+    clips at once, so each condition is classified with the input statistics of its own
+    corrupted clips (transductive). Every clip is encoded once, alone (no padding)."""
+
+    whole_condition = True
+
+    def __call__(self, wavs: list[torch.Tensor]) -> list[str]:
+        from qieemo_lobes.adaptation import adapted, input_statistics
+        from qieemo_lobes.audio import remove_dc
+
+        recognizer = self.load()
+        one = torch.ones(1, device=recognizer.device)
+        encoded = []
+        with torch.inference_mode():
+            for wav in wavs:
+                batch = wav.float().to(recognizer.device)[None]
+                blocks, ppg = recognizer.mods.encoder(remove_dc(batch, one), one)
+                encoded.append((blocks, ppg, one))
+            head = recognizer.mods.head
+            with adapted(head, input_statistics(head, encoded)):
+                best = [int(head(*clip).argmax(-1)) for clip in encoded]
+        return [recognizer.labels[k] for k in best]

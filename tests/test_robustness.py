@@ -379,3 +379,47 @@ def test_benchmark_refuses_missing_fold_runs(benchmark, work, emodb4, tmp_path, 
     err = stderr_lines(capsys)
     assert len(err) == 1 and "fold_2, fold_3" in err[0]
     assert f"python benchmarks/accuracy.py --corpora emodb --work {partial}" in err[0]
+
+
+def test_adapted_system_gets_each_condition_whole_and_adapts_to_it(
+    benchmark, work, emodb4, tmp_path, monkeypatch
+):
+    """qieemo_adapt: every condition of a fold in one call, classified with the input
+    statistics of that condition's clips, as EmotionRecognizer.adapted would."""
+    from qieemo_lobes.interfaces import EmotionRecognizer
+    from qieemo_lobes.robustness_model import AdaptingRecognizer
+
+    calls = []
+    real = AdaptingRecognizer.__call__
+
+    def spy(self, wavs):
+        labels = real(self, wavs)
+        calls.append((wavs, labels))
+        return labels
+
+    monkeypatch.setattr(AdaptingRecognizer, "__call__", spy)
+    out = tmp_path / "robustness.md"
+    assert run_benchmark(benchmark, work, emodb4, out, "qieemo_adapt") == 0
+    check_outputs(out, ["qieemo_adapt"])
+    assert len(calls) == 6 and all(len(wavs) == 2 for wavs, _ in calls)  # 3 folds x 2 conditions
+
+    recognizer = EmotionRecognizer.from_hparams(source=DEFAULT_MODEL_DIR)
+    for wavs, labels in calls:
+        with recognizer.adapted(recognizer.domain_statistics(wavs)):
+            expected = [recognizer.classify_batch(w[None])[3][0] for w in wavs]
+        assert labels == expected
+
+
+def test_augmented_system_reads_the_augmented_runs(benchmark, work, emodb4, tmp_path, capsys):
+    partial = tmp_path / "work"
+    shutil.copytree(work / "emodb", partial / "emodb", symlinks=True)
+    assert run_benchmark(benchmark, partial, emodb4, tmp_path / "r.md", "qieemo_aug") == 2
+    err = stderr_lines(capsys)
+    assert len(err) == 1 and "no finished qieemo_aug fold runs fold_1, fold_2, fold_3" in err[0]
+    assert f"accuracy.py --corpora emodb --augmented emodb --work {partial}" in err[0]
+    shutil.copytree(partial / "emodb" / "qieemo", partial / "emodb" / "qieemo_aug")
+    out = tmp_path / "robustness.md"
+    assert run_benchmark(benchmark, partial, emodb4, out, "qieemo,qieemo_aug") == 0
+    points = check_outputs(out, ["qieemo", "qieemo_aug"])
+    for condition in ("clean", "white 0 dB"):  # the same heads here: the same results
+        assert points[("qieemo", condition)]["ua"] == points[("qieemo_aug", condition)]["ua"]
