@@ -48,7 +48,7 @@ from 1 to the model's number of classes, otherwise refused with exit 2).
   and a batch of segments, whatever the length of the file.
   ``--plot DIR`` draws each long recording's emotion timeline as ``DIR/<name>.png``.
 - ``--adapt`` (torch backend, not with ``--shard``): the model's input statistics are first
-  measured on the inputs themselves (up to :data:`~qieemo_lobes.classify_engine.ADAPT_MAX_CLIPS`
+  measured on the inputs themselves (up to :data:`~qieemo_lobes.classify_adapt.ADAPT_MAX_CLIPS`
   clips or speech segments spread over them; at least :data:`ADAPT_MIN_CLIPS`), then every input
   is classified with them (:mod:`qieemo_lobes.adaptation`, AdaBN). Give it recordings of one
   domain (one corpus, one recording set-up): on corpora never seen in training it raised UA
@@ -135,7 +135,6 @@ import itertools
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -357,7 +356,15 @@ def _write_results(
     plots = TimelinePlots(plot_dir, labels) if plot_dir is not None else None
     results = ((i, item) for i, item in enumerate(plan) if isinstance(item, FileResult))
     if recognizer is not None and args.adapt:
-        adapted = _adapted_results(recognizer, plan, args.adapt, args.batch_size)
+        from qieemo_lobes.adaptation import AdaptationError
+        from qieemo_lobes.classify_adapt import adapted_results
+
+        try:  # every group measured before anything is classified
+            adapted = adapted_results(
+                recognizer, plan, args.adapt, args.batch_size, ADAPT_MIN_CLIPS
+            )
+        except AdaptationError as err:
+            raise _Refused(f"--adapt: {err}") from None
         results = itertools.chain(results, adapted)
     elif recognizer is not None:
         results = itertools.chain(results, classify_planned(plan, recognizer, args.batch_size))
@@ -370,44 +377,6 @@ def _write_results(
         writer.add(index, result)
     writer.close()
     return failures, plots.failures if plots is not None else []
-
-
-def _adapted_results(
-    recognizer: EmotionRecognizer, plan: list, by: str, batch_size: int
-) -> Iterator[tuple[int, FileResult]]:
-    """``--adapt``: each group of inputs (all of them, or each folder's files) classified with
-    its own input statistics. Every group is measured before anything is classified, so a group
-    with too few clips refuses the run (:class:`_Refused`) before any result is written."""
-    from qieemo_lobes.adaptation import AdaptationError
-    from qieemo_lobes.classify_engine import measure_inputs
-
-    groups: dict[str, list[int]] = {}
-    for index, item in enumerate(plan):
-        if isinstance(item, tuple):
-            key = f"folder {Path(item[0]).parent}" if by == "folder" else "the inputs"
-            groups.setdefault(key, []).append(index)
-    measured = []
-    for key, indices in groups.items():
-        group = [plan[i] for i in indices]
-        try:
-            stats = measure_inputs(group, recognizer, ADAPT_MIN_CLIPS)
-        except AdaptationError as err:
-            where = f"{key}: " if by == "folder" else ""
-            raise _Refused(f"--adapt: {where}{err}") from None
-        print(
-            f"classify: adapted to {key} (input statistics of {stats.n_clips} clips); "
-            "each result depends on the other inputs",
-            file=sys.stderr,
-        )
-        measured.append((indices, group, stats))
-
-    def classified() -> Iterator[tuple[int, FileResult]]:
-        for indices, group, stats in measured:
-            with recognizer.adapted(stats):
-                for position, result in classify_planned(group, recognizer, batch_size):
-                    yield indices[position], result
-
-    return classified()
 
 
 def _report(failures: list[FileResult], plot_failures: list[str], n_inputs: int) -> int:

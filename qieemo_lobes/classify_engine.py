@@ -36,17 +36,14 @@ if TYPE_CHECKING:
     from qieemo_lobes.onnx_inference import OnnxRecognizer
 
 __all__ = [
-    "ADAPT_MAX_CLIPS",
     "BATCH_SECONDS",
     "NON_FINITE_PROBLEM",
     "SEGMENT_BUFFER_BATCHES",
     "FileResult",
-    "adaptation_clips",
     "aggregate",
     "classify_planned",
     "describe",
     "label_fields",
-    "measure_inputs",
     "plan_inputs",
     "top_labels",
 ]
@@ -56,10 +53,6 @@ SEGMENT_BUFFER_BATCHES = 4
 # At most this much padded audio per batch: the encoder's attention grows with the square of the
 # length: 2 segments of 26 s take 250 MB more than one (whisper-base), 8 well over 1 GB.
 BATCH_SECONDS = 30.0
-# --adapt measures the input statistics on at most this many clips (short files whole, speech
-# segments of long recordings), spread over the inputs: benchmarks/adapt_study.py found 100
-# random clips as good as a whole held-out corpus.
-ADAPT_MAX_CLIPS = 100
 NON_FINITE_PROBLEM = "the model returned non-finite probabilities (damaged model?)"
 
 # (start_s, end_s, probabilities) of a classified segment.
@@ -359,71 +352,3 @@ def classify_planned(
     yield from engine.short_files(short)
     for index, path, duration in long:
         yield index, engine.long_file(path, duration)
-
-
-def adaptation_clips(
-    plan: list[FileResult | tuple[str, float]],
-    recognizer: EmotionRecognizer,
-    limit: int = ADAPT_MAX_CLIPS,
-) -> Iterator[Any]:
-    """Waveforms for ``--adapt``: up to ``limit`` clips, taken from inputs spread evenly over
-    the runnable ``(path, duration_s)`` entries of ``plan``; a file up to
-    :data:`~qieemo_lobes.segmentation.LONG_RECORDING_S` whole, a longer one as its speech
-    segments (at least :data:`~qieemo_lobes.audio.MIN_SECONDS` long). Inputs that cannot be read
-    are skipped here (their own result reports them).
-    """
-    from qieemo_lobes.audio import MIN_SECONDS, AudioError
-    from qieemo_lobes.segmentation import LONG_RECORDING_S
-
-    backend = _TorchBackend(recognizer)
-    runnable = [item for item in plan if isinstance(item, tuple)]
-    step = max(1, len(runnable) // limit)
-    n_clips, segmenter = 0, None
-    for path, duration in runnable[::step]:
-        try:
-            if duration <= LONG_RECORDING_S:
-                clips = [backend.load(path)]
-            else:
-                segmenter = segmenter or backend.segmenter()
-                segments = backend.segment_waveforms(path, segmenter(path))
-                clips = (wav for _, _, wav in segments)
-            for wav in clips:
-                if len(wav) < MIN_SECONDS * recognizer.sample_rate:
-                    continue
-                yield wav
-                n_clips += 1
-                if n_clips >= limit:
-                    return
-        except AudioError:
-            continue
-
-
-def measure_inputs(plan: list, recognizer: EmotionRecognizer, min_clips: int):
-    """The head's input statistics on :func:`adaptation_clips` of ``plan`` (``--adapt``).
-
-    Raises
-    ------
-    qieemo_lobes.adaptation.AdaptationError
-        Fewer than ``min_clips`` clips could be read, or the model cannot be adapted.
-    """
-    from qieemo_lobes.adaptation import AdaptationError, check_adaptable
-
-    check_adaptable(recognizer.mods.head)
-    n_clips = 0
-
-    def counted() -> Iterator[Any]:
-        nonlocal n_clips
-        for wav in adaptation_clips(plan, recognizer):
-            n_clips += 1
-            yield wav
-
-    try:
-        stats = recognizer.domain_statistics(counted())
-    except AdaptationError:  # not one frame: reported below
-        stats = None
-    if stats is None or n_clips < min_clips:
-        raise AdaptationError(
-            f"needs at least {min_clips} readable clips of one domain (files, or speech "
-            f"segments of long recordings); the inputs gave {n_clips}"
-        )
-    return stats
