@@ -52,7 +52,31 @@ def markdown(corpus: str, points: dict) -> list[str]:
             for s in systems
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **mean of the corrupted conditions** | "
+        + " | ".join(corrupted_mean(points[s], keys) for s in systems)
+        + " |"
+    )
     return lines + [""]
+
+
+def corrupted_mean(pooled: dict, keys: list[tuple]) -> str:
+    """Mean UA over every condition but clean, when the system has all of them complete (what
+    training with corrupted copies must raise); ``-`` otherwise.
+
+    Example
+    -------
+    >>> point = lambda ua: {"ua": ua, "complete": True}
+    >>> keys = [("clean", None), ("white", 0), ("mp3", 8)]
+    >>> corrupted_mean({k: point(u) for k, u in zip(keys, [50.0, 30.0, 40.0])}, keys)
+    '35.0'
+    >>> corrupted_mean({keys[0]: point(50.0), keys[1]: point(30.0)}, keys)
+    '-'
+    """
+    corrupted = [key for key in keys if key != ("clean", None)]
+    if not corrupted or any(key not in pooled or not pooled[key]["complete"] for key in corrupted):
+        return "-"
+    return f"{sum(pooled[key]['ua'] for key in corrupted) / len(corrupted):.1f}"
 
 
 def plot(path: Path, all_points: dict) -> None:

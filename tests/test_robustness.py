@@ -348,6 +348,8 @@ def check_outputs(out: Path, systems: list[str]) -> dict:
     for point in points.values():
         assert point["n"] == 6 and point["complete"] and len(point["folds"]) == 3
         assert 0 <= point["ua"] <= 100
+    means = " | ".join(f"{points[(s, 'white 0 dB')]['ua']:.1f}" for s in systems)  # one condition
+    assert f"| **mean of the corrupted conditions** | {means} |" in report
     return points
 
 
