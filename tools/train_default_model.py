@@ -353,9 +353,10 @@ epoch by validation UA); it has no test set of its own: the tables above are its
 - Four classes: any other state (fear, disgust, boredom, surprise, calm...) is forced into one of
   them.
 - Trained on clean studio recordings. This head's robustness is not measured yet; the recipes'
-  heads lose 7.2 (RAVDESS) and 8.4 (EMOVO) UA on average over noise, babble, rooms, telephone,
-  codecs and gain, and recover it, and more, when adapted to the condition's recordings
-  (benchmarks/results/robustness.md; `--adapt`). Music and far-field audio are untested.
+  heads lose 18.2 (EmoDB), 7.2 (RAVDESS) and 8.4 (EMOVO) UA on average over noise, babble,
+  rooms, telephone, codecs and gain, and win back 7.7, 11.4 and 6.6 of it when adapted to each
+  condition's recordings (benchmarks/results/robustness.md; `--adapt`). Music and far-field audio
+  are untested.
 - Without `--adapt`, the input statistics are those of the five training corpora: on another
   corpus, language or microphone one class can absorb most clips (see the tables above).
 - Recordings longer than 30 s are split into speech segments, each classified on its own.
