@@ -354,7 +354,7 @@ epoch by validation UA); it has no test set of its own: the tables above are its
   them.
 - Trained on clean studio recordings. This head's robustness is not measured yet; the recipes'
   heads lose 18.2 (EmoDB), 7.2 (RAVDESS) and 8.4 (EMOVO) UA on average over noise, babble,
-  rooms, telephone, codecs and gain, and win back 7.7, 11.4 and 6.6 of it when adapted to each
+  rooms, telephone, codecs and gain, and gain 7.7, 11.4 and 6.6 UA over that when adapted to each
   condition's recordings (benchmarks/results/robustness.md; `--adapt`). Music and far-field audio
   are untested.
 - Without `--adapt`, the input statistics are those of the five training corpora: on another
