@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -41,17 +40,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from speechbrain.utils.data_utils import batch_pad_right
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from qieemo_lobes.adaptation import adapted, input_statistics  # noqa: E402
 from qieemo_lobes.errors import one_line  # noqa: E402
-from qieemo_lobes.export import export_model  # noqa: E402
 from qieemo_lobes.features import FeatureCache  # noqa: E402
 from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
 from qieemo_lobes.interfaces import EmotionRecognizer  # noqa: E402
 from qieemo_lobes.recipe_results import read_predictions  # noqa: E402
+from qieemo_lobes.robustness_model import model_folder  # noqa: E402
 from qieemo_lobes.stats import paired_bootstrap, unweighted_accuracy  # noqa: E402
 
 Features = list[tuple[torch.Tensor, torch.Tensor]]  # per clip: blocks (C, T, D), ppg (T, P)
@@ -75,17 +75,10 @@ def batches(features: Features, index: Sequence[int], size: int = 16) -> Iterato
     order = sorted(index, key=lambda i: features[i][0].shape[1])
     for start in range(0, len(order), size):
         chunk = order[start : start + size]
-        time_ = max(features[i][0].shape[1] for i in chunk)
-        blocks = torch.zeros(
-            features[chunk[0]][0].shape[0], len(chunk), time_, features[chunk[0]][0].shape[2]
-        )
-        ppg = torch.zeros(len(chunk), time_, features[chunk[0]][1].shape[1])
-        for j, i in enumerate(chunk):
-            n = features[i][0].shape[1]
-            blocks[:, j, :n] = features[i][0].float()
-            ppg[j, :n] = features[i][1].float()
-        lengths = torch.tensor([features[i][0].shape[1] / time_ for i in chunk])
-        yield chunk, blocks, ppg, lengths
+        # Time first, padded as the recipe's PaddedBatch pads it (SpeechBrain's batch_pad_right).
+        blocks, lengths = batch_pad_right([features[i][0].transpose(0, 1).float() for i in chunk])
+        ppg, _ = batch_pad_right([features[i][1].float() for i in chunk])
+        yield chunk, blocks.permute(2, 0, 1, 3), ppg, lengths
 
 
 def predict(head: torch.nn.Module, features: Features, index: Sequence[int]) -> dict[int, int]:
@@ -166,9 +159,8 @@ def adaptation_results(
 
 def load_run(run: Path) -> EmotionRecognizer:
     """The run's head, label encoder and inference encoder, as the export ships them."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = export_model(run, Path(tmp) / "model")
-        return EmotionRecognizer.from_hparams(source=folder, savedir=Path(tmp) / "model")
+    with model_folder(run) as folder:
+        return EmotionRecognizer.from_hparams(source=folder, savedir=folder)
 
 
 def evaluate_run(run: Path, cache_root: Path, sizes: Sequence[int], draws: int) -> dict:

@@ -76,19 +76,12 @@ def measure_inputs(plan: list, recognizer: EmotionRecognizer, min_clips: int) ->
     from qieemo_lobes.adaptation import AdaptationError, check_adaptable
 
     check_adaptable(recognizer.mods.head)
-    n_clips = 0
-
-    def counted() -> Iterator[Any]:
-        nonlocal n_clips
-        for wav in adaptation_clips(plan, recognizer):
-            n_clips += 1
-            yield wav
-
     try:
-        stats = recognizer.domain_statistics(counted())
-    except AdaptationError:  # not one frame: reported below
+        stats = recognizer.domain_statistics(adaptation_clips(plan, recognizer))
+    except AdaptationError:  # not one clip: reported below
         stats = None
-    if stats is None or n_clips < min_clips:
+    n_clips = stats.n_clips if stats is not None else 0
+    if n_clips < min_clips:
         raise AdaptationError(
             f"needs at least {min_clips} readable clips of one domain (files, or speech "
             f"segments of long recordings); the inputs gave {n_clips}"

@@ -330,12 +330,39 @@ class EmotionRecognizer(Pretrained):
         """
         wavs, wav_lens = self._batch(wavs, wav_lens)
         with torch.inference_mode():
-            blocks, ppg = self.mods.encoder(remove_dc(wavs, wav_lens), wav_lens)
+            blocks, ppg = self._encode(wavs, wav_lens)
             logits = self.mods.head(blocks, ppg, wav_lens)
             out_prob = torch.log_softmax(logits.float() / self.temperature, dim=-1)
         score, index = torch.max(out_prob, dim=-1)
         text_lab = self.hparams.label_encoder.decode_torch(index.cpu())
         return out_prob, score, index, text_lab
+
+    def _encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
+        """The encoder's ``(blocks, ppg)`` of a prepared batch, each waveform's DC offset removed
+        first (as in training)."""
+        return self.mods.encoder(remove_dc(wavs, wav_lens), wav_lens)
+
+    def encode_clips(
+        self, waveforms: Iterable[torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(blocks, ppg, wav_lens)`` of each waveform, encoded alone (no padding), its DC
+        offset removed as :meth:`classify_batch` removes it: what the head takes.
+
+        Arguments
+        ---------
+        waveforms : iterable of torch.Tensor
+            ``(samples,)`` mono waveforms at :attr:`sample_rate`; read one at a time.
+
+        Yields
+        ------
+        tuple of torch.Tensor
+            A batch of one: ``blocks (n_blocks, 1, T, D)``, ``ppg (1, T, P)``, ``wav_lens (1,)``.
+        """
+        for waveform in waveforms:
+            wavs, wav_lens = self._batch(waveform, None)
+            with torch.inference_mode():
+                blocks, ppg = self._encode(wavs, wav_lens)
+            yield blocks, ppg, wav_lens
 
     def domain_statistics(self, waveforms: Iterable[torch.Tensor]) -> InputStatistics:
         """The head's input statistics on unlabelled speech of one domain (AdaBN).
@@ -351,15 +378,7 @@ class EmotionRecognizer(Pretrained):
         qieemo_lobes.adaptation.InputStatistics
             For :meth:`adapted`.
         """
-
-        def encoded() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-            for waveform in waveforms:
-                wavs, wav_lens = self._batch(waveform, None)
-                with torch.inference_mode():
-                    blocks, ppg = self.mods.encoder(remove_dc(wavs, wav_lens), wav_lens)
-                yield blocks, ppg, wav_lens
-
-        return input_statistics(self.mods.head, encoded())
+        return input_statistics(self.mods.head, self.encode_clips(waveforms))
 
     @contextlib.contextmanager
     def adapted(self, stats: InputStatistics) -> Iterator[EmotionRecognizer]:

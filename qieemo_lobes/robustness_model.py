@@ -102,17 +102,10 @@ class AdaptingRecognizer(LazyRecognizer):
 
     def __call__(self, wavs: list[torch.Tensor]) -> list[str]:
         from qieemo_lobes.adaptation import adapted, input_statistics
-        from qieemo_lobes.audio import remove_dc
 
         recognizer = self.load()
-        one = torch.ones(1, device=recognizer.device)
-        encoded = []
-        with torch.inference_mode():
-            for wav in wavs:
-                batch = wav.float().to(recognizer.device)[None]
-                blocks, ppg = recognizer.mods.encoder(remove_dc(batch, one), one)
-                encoded.append((blocks, ppg, one))
-            head = recognizer.mods.head
-            with adapted(head, input_statistics(head, encoded)):
-                best = [int(head(*clip).argmax(-1)) for clip in encoded]
+        encoded = list(recognizer.encode_clips(wavs))
+        head = recognizer.mods.head
+        with torch.inference_mode(), adapted(head, input_statistics(head, encoded)):
+            best = [int(head(*clip).argmax(-1)) for clip in encoded]
         return [recognizer.labels[k] for k in best]
