@@ -4,7 +4,7 @@
 
     python -m qieemo_lobes.robustness RUN_OR_MODEL [--test CSV] [--corruptions LIST|all]
         [--seed 0] [--out results.json] [--babble-pool CSV] [--noise-csv CSV] [--rir-csv CSV]
-        [--batch-size 8] [--device cpu]
+        [--batch-size 8] [--device cpu] [--adapt]
 
 ``RUN_OR_MODEL`` is a finished recipe run (a ``train.py`` output folder: its ``test.json`` is
 the test set, its ``train.json`` the babble pool; the run is exported to a temporary model
@@ -20,8 +20,12 @@ also names ``noise`` and ``rir``). Each clip is decoded (16 kHz mono), corrupted
 classified in batches, and WA, UA, WF1 (percent) and ``n`` are computed per condition. A
 corruption this machine cannot make is one line naming the reason, skipped.
 
+``--adapt`` classifies each condition with the model adapted to that condition's corrupted
+clips (AdaBN, :mod:`qieemo_lobes.adaptation`, as ``classify --adapt`` does for a folder of
+such recordings: transductive; at least :data:`qieemo_lobes.classify.ADAPT_MIN_CLIPS` test clips).
+
 ``--out`` (JSON, written whole after every condition): ``{"model", "model_digest", "test",
-"test_digest", "seed", "conditions": [{"corruption", "severity", "label", "wa", "ua", "wf1",
+"test_digest", "seed", "adapted", "conditions": [{"corruption", "severity", "label", "wa", "ua", "wf1",
 "n", "seconds", "predictions": {id: label}, "skipped": [...]}]}``. Conditions already in it
 for the same model, test set and seed are kept ("kept"), so an interrupted run resumes; a file
 made for another model, test set or seed is refused. A table (rows corruption, columns
@@ -50,6 +54,7 @@ import numpy as np
 import torch
 
 from qieemo_lobes.audio import AudioError
+from qieemo_lobes.classify import ADAPT_MIN_CLIPS
 from qieemo_lobes.corruptions import (
     CORRUPTIONS,
     FILE_CORRUPTIONS,
@@ -72,6 +77,7 @@ from qieemo_lobes.robustness_data import (
     read_manifest,
 )
 from qieemo_lobes.robustness_model import (
+    AdaptingRecognizer,
     Classifier,
     LazyRecognizer,
     ModelError,
@@ -273,6 +279,16 @@ def _no_babble(clips: Sequence[Clip], pool: Sequence) -> str | None:
     return None
 
 
+def _check_adaptable(recognizer: AdaptingRecognizer, source: Path) -> None:
+    """Refuse, in one line, a model whose head has no input standardisation to adapt."""
+    from qieemo_lobes.adaptation import AdaptationError, check_adaptable
+
+    try:
+        check_adaptable(recognizer.load().mods.head)
+    except AdaptationError as err:
+        raise RobustnessError(f"{source}: --adapt: {err}") from None
+
+
 def _run(args) -> int:
     from qieemo_lobes.model_folder import ModelFolderError, load_labels
 
@@ -286,11 +302,18 @@ def _run(args) -> int:
     if why and any(c is not None and c.name == "babble" for c in conditions):
         unavailable["babble"] = why
         conditions = [c for c in conditions if c is None or c.name != "babble"]
+    if args.adapt and len(clips) < ADAPT_MIN_CLIPS:
+        raise RobustnessError(
+            f"{test_name}: --adapt needs at least {ADAPT_MIN_CLIPS} test clips, it has {len(clips)}"
+        )
     with model_folder(source.resolve()) as folder:
         try:
             labels = load_labels(folder / "label_encoder.ckpt")
         except ModelFolderError as err:
             raise RobustnessError(str(err)) from None
+        classify = (AdaptingRecognizer if args.adapt else LazyRecognizer)(folder, args.device)
+        if args.adapt:
+            _check_adaptable(classify, source)
         unknown = sorted({c.label for c in clips} - set(labels))
         if unknown:
             raise RobustnessError(
@@ -303,13 +326,14 @@ def _run(args) -> int:
             "test": test_name,
             "test_digest": clips_digest(clips),
             "seed": args.seed,
+            "adapted": args.adapt,
         }
         results = Results(args.out, identity)
         for name, reason in unavailable.items():  # every input checked: now the skips
             _log(f"{name}: skipped ({reason})")
         try:
             records, skipped = evaluate(
-                LazyRecognizer(folder, args.device),
+                classify,
                 clips,
                 conditions,
                 seed=args.seed,
@@ -347,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rir-csv", help="AddReverb CSV or folder of impulse responses")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--adapt",
+        action="store_true",
+        help="adapt the model to each condition's clips (AdaBN; transductive)",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")

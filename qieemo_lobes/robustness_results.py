@@ -18,6 +18,8 @@ from qieemo_lobes.files import write_json_atomic
 __all__ = ["IDENTITY", "Results", "RobustnessError", "condition_key", "table"]
 
 IDENTITY = ("model", "model_digest", "test", "test_digest", "seed")
+# Identity keys added later, with the value files written before them stand for.
+OPTIONAL_IDENTITY = {"adapted": False}
 RECORD = {"corruption", "severity", "label", "ua", "n"}
 
 
@@ -46,6 +48,7 @@ class Results:
         try:
             data = json.loads(self.path.read_text())
             old = {k: data[k] for k in IDENTITY}
+            old |= {k: data.get(k, default) for k, default in OPTIONAL_IDENTITY.items()}
             records = list(data["conditions"])
             if not all(isinstance(r, dict) and RECORD <= r.keys() for r in records):
                 raise ValueError("a condition without corruption, severity, label, ua, n")
@@ -53,9 +56,9 @@ class Results:
             raise RobustnessError(
                 f"{self.path}: not a robustness result file ({one_line(err)}); choose another --out"
             ) from None
-        differences = [
-            f"{k} {old[k]!r} -> {identity[k]!r}" for k in IDENTITY if old[k] != identity[k]
-        ]
+        new = {k: self.identity.get(k, default) for k, default in OPTIONAL_IDENTITY.items()}
+        new |= {k: self.identity[k] for k in IDENTITY}
+        differences = [f"{k} {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k]]
         if differences and not replace:
             raise RobustnessError(
                 f"{self.path}: holds results for another run ({'; '.join(differences)}); "

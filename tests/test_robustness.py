@@ -252,6 +252,46 @@ def test_unreadable_audio_is_listed_once_and_skipped(emodb4, tmp_path, capsys):
     assert [c["n"] for c in json.loads(out.read_text())["conditions"]] == [2, 2]
 
 
+def test_adapt_classifies_each_condition_with_its_own_statistics(emodb4, tmp_path, capsys):
+    """--adapt: a condition's predictions are those of the model adapted to that condition's
+    clips, which differ from the unadapted model's under noise; the file says it is adapted,
+    and an unadapted run cannot resume it."""
+    from qieemo_lobes.interfaces import EmotionRecognizer
+
+    wavs = clips(emodb4, ("03", "08"), per_class=2)[:12]  # 12 clips: at least ADAPT_MIN_CLIPS
+    csv = write_csv(tmp_path / "t.csv", wavs)
+    args = [str(DEFAULT_MODEL_DIR), "--test", str(csv), "--corruptions", "white:0"]
+    adapted, plain = tmp_path / "adapted.json", tmp_path / "plain.json"
+    assert main([*args, "--adapt", "--out", str(adapted)]) == 0
+    assert main([*args, "--out", str(plain)]) == 0
+    data = json.loads(adapted.read_text())
+    assert data["adapted"] is True and [c["n"] for c in data["conditions"]] == [12, 12]
+    assert json.loads(plain.read_text())["adapted"] is False
+
+    recognizer = EmotionRecognizer.from_hparams(source=DEFAULT_MODEL_DIR)
+    audio = [load_audio(w) for w in wavs]
+    with recognizer.adapted(recognizer.domain_statistics(audio)):
+        expected = {
+            w.stem: recognizer.classify_batch(a[None])[3][0]
+            for w, a in zip(wavs, audio, strict=True)
+        }
+    assert data["conditions"][0]["predictions"] == expected
+    noisy = [json.loads(f.read_text())["conditions"][1]["predictions"] for f in (adapted, plain)]
+    assert noisy[0] != noisy[1]
+
+    capsys.readouterr()
+    assert main([*args, "--out", str(adapted)]) == 2
+    assert stderr_lines(capsys) == [
+        f"robustness: {adapted}: holds results for another run (adapted True -> False); "
+        "choose another --out or delete it"
+    ]
+    few = write_csv(tmp_path / "few.csv", wavs[:9])
+    assert main([str(DEFAULT_MODEL_DIR), "--test", str(few), "--adapt"]) == 2
+    assert stderr_lines(capsys) == [
+        f"robustness: {few.resolve()}: --adapt needs at least 10 test clips, it has 9"
+    ]
+
+
 @pytest.mark.parametrize(
     "case",
     [
