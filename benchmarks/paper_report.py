@@ -11,6 +11,7 @@ reads the JSON files the runs leave. The statistics are in ``paper_stats.py``, t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,33 @@ def _header(results: dict) -> list[str]:
             "",
         ]
     if results["not_run"]:
-        lines += ["**Not run (or not finished):** " + "; ".join(results["not_run"]), ""]
+        lines += ["**Not run (or not finished):**", "", *not_run_lines(results["not_run"]), ""]
+    return lines
+
+
+def not_run_lines(items: list[str]) -> list[str]:
+    """The runs missing, one bullet per corpus and status (``items``: the analysis' ``not_run``,
+    ``"<corpus> <system> seed <seed> (<status>)"``).
+
+    >>> not_run_lines(["emodb full seed 1 (not run)", "emodb no_cma seed 1 (not run)",
+    ...                "emodb full seed 2 (not run)", "turev full seed 1 (unfinished: 2 of 6)"])
+    ['- emodb, not run: full (seeds 1, 2), no_cma (seed 1)', '- turev, unfinished: 2 of 6: full (seed 1)']
+    """
+    groups: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for item in items:
+        match = re.fullmatch(r"(\S+) (\S+) seed (\S+) \((.+)\)", item)
+        if match is None:  # not a run of a system: listed as it is
+            groups.setdefault((item, ""), {})
+            continue
+        corpus, system, seed, status = match.groups()
+        groups.setdefault((corpus, status), {}).setdefault(system, []).append(seed)
+    lines = []
+    for (where, status), systems in groups.items():
+        runs = ", ".join(
+            f"{system} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})"
+            for system, seeds in systems.items()
+        )
+        lines.append(f"- {where}, {status}: {runs}" if status else f"- {where}")
     return lines
 
 

@@ -338,7 +338,7 @@ def test_max_folds_failures_and_missing_runs(study, capsys):
     assert results["failed"][0]["run"] == "[emodb] no_cma seed 1986"
     report = study.out.read_text()
     assert "folds 1..2 of each corpus only (--max-folds 2)" in report
-    assert "emodb from_scratch seed 1986 (not run)" in report
+    assert "- emodb, not run: no_cma (seed 1986), from_scratch (seeds 1986, 1987, 1988)" in report
     assert "**Failed in this invocation:** [emodb] no_cma seed 1986" in report
     # a rerun launches only the failed run
     study.fake.fail.clear()
