@@ -70,9 +70,9 @@ print(f"peak_mb\t{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}
 """
 PROBES = {
     "torch": r"""
-from qieemo_lobes import classify  # as the command: quiet libraries, threads, malloc
-classify._quiet_libraries(); classify._return_freed_memory(); classify._passive_openmp()
-import torch; classify._set_threads(torch); step("import torch")
+from qieemo_lobes import classify, classify_process  # as the command: quiet, threads, malloc
+classify_process.quiet_libraries(); classify_process.return_freed_memory(); classify_process.passive_openmp()
+import torch; classify_process.set_threads(torch); step("import torch")
 import speechbrain.inference.interfaces; step("import speechbrain (inference)")
 from qieemo_lobes.interfaces import EmotionRecognizer; step("import qieemo_lobes")
 recognizer = EmotionRecognizer.from_hparams(source=sys.argv[1]); step("build model (encoder + head)")
@@ -82,10 +82,10 @@ recognizer.classify_batch(wav[None]); step("first classification")
 recognizer.classify_batch(wav[None]); step("second classification")
 """,
     "onnx": r"""
-from qieemo_lobes import classify  # as the command: quiet libraries, malloc, BLAS threads
+from qieemo_lobes import classify, classify_process  # as the command: quiet, malloc, threads
 classify._onnx_device(None, True); step("import classify, onnxruntime")
 from qieemo_lobes.onnx_inference import OnnxRecognizer; step("import qieemo_lobes (onnx)")
-recognizer = OnnxRecognizer(sys.argv[1], threads=classify._onnx_threads()); step("build model (sessions)")
+recognizer = OnnxRecognizer(sys.argv[1], threads=classify_process.onnx_threads()); step("build model (sessions)")
 wav = recognizer.load(sys.argv[2]); step("read + resample one clip")
 recognizer.classify_batch([wav]); step("first classification")
 recognizer.classify_batch([wav]); step("second classification")

@@ -132,13 +132,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import logging
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
+from qieemo_lobes import classify_process
 from qieemo_lobes.classify_engine import FileResult, classify_planned, plan_inputs
 from qieemo_lobes.classify_output import (
     FORMATS,
@@ -289,13 +288,13 @@ def _check_top_k(top_k: int | None, labels: list[str]) -> None:
 def _torch_device(requested: str | None, configure_process: bool) -> str:
     """Apply the process settings that torch reads on import, import it; the device to use."""
     if configure_process:
-        _quiet_libraries()
-        _return_freed_memory()
-        _passive_openmp()
+        classify_process.quiet_libraries()
+        classify_process.return_freed_memory()
+        classify_process.passive_openmp()
     import torch
 
     if configure_process:
-        _set_threads(torch)
+        classify_process.set_threads(torch)
 
     device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -311,8 +310,8 @@ def _onnx_device(requested: str | None, configure_process: bool) -> str:
     on a 2-core machine busy with other work.
     """
     if configure_process:
-        _quiet_libraries()
-        _return_freed_memory()
+        classify_process.quiet_libraries()
+        classify_process.return_freed_memory()
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # read when numpy is imported
     from qieemo_lobes.onnx_models import check_runtime
 
@@ -459,75 +458,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Silence library chatter (progress bars, 'model is frozen' notices) on stderr."""
-    os.environ["SB_LOG_LEVEL"] = "ERROR"  # read by speechbrain.utils.logger.get_logger
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("speechbrain", "transformers", "huggingface_hub", "qieemo_lobes"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if "transformers" not in sys.modules:
-        # Not imported (never, with TorchWhisperBlocks: importing it costs seconds); if a model
-        # needs it later, its import reads the variables above.
-        return
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except Exception:  # transformers changed: chatter only
-        pass
-
-
-def _return_freed_memory() -> None:
-    """Let glibc serve large blocks with mmap, so that freed ones go back to the system at once.
-
-    The encoder's activations change size with every batch; from the default heap they fragment
-    it, and on a 5-minute recording of continuous speech (segments up to 30 s, whisper-base) the
-    peak resident memory measured 1.38 GB instead of 1.15 GB with this setting. No-op off glibc.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks of 1 MiB and more
-    except (OSError, AttributeError):
-        pass
-
-
-def _passive_openmp() -> None:
-    """Make idle OpenMP threads sleep instead of spin (read when torch is first imported).
-
-    With spinning threads, any other busy process on a 2-core machine stalls every parallel
-    operation: a batch of 8 clips took 1.8-2.7 s with 2 spinning threads, 0.85-0.9 s with 2
-    passive ones and 0.6-0.7 s with 1 thread (whisper-base, load average about 3).
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _idle_cores() -> int:
-    """The cores that are idle now (at least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cores or 1, (cores or 1) - busy))
-
-
-def _set_threads(torch: ModuleType) -> int:
-    """Use the cores that are idle now (at least one), unless ``OMP_NUM_THREADS`` says otherwise.
-
-    See :func:`_passive_openmp` for why a busy core should not get a thread.
-    """
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(_idle_cores())
-    return torch.get_num_threads()
-
-
-def _onnx_threads() -> int:
-    """onnxruntime's threads: ``OMP_NUM_THREADS`` when set, else the idle cores."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else _idle_cores()
-
-
 def _load_model(model_dir: Path, device: str, trust_code: bool = False) -> EmotionRecognizer:
     """The recognizer of ``model_dir`` (:class:`_Refused` if it cannot be built)."""
     from qieemo_lobes.interfaces import EmotionRecognizer
@@ -549,7 +479,9 @@ def _load_onnx_model(model_dir: Path, device: str, build: bool) -> OnnxRecognize
         print(f"classify: {message}", file=sys.stderr)
 
     source = DEFAULT_MODEL_DIR if build else None
-    return _onnx_step(load_onnx_model, model_dir, device, _onnx_threads(), source, say)
+    return _onnx_step(
+        load_onnx_model, model_dir, device, classify_process.onnx_threads(), source, say
+    )
 
 
 def _labels_of(model_dir: Path, onnx: bool = False) -> list[str]:

@@ -108,7 +108,7 @@ def _session(path: Path, threads: int | None, providers: list[str]) -> Any:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Idle threads sleep instead of spinning: on a shared 2-core machine a spinning pool stalls
-    # every other process (see classify._passive_openmp for the same reason with torch).
+    # every other process (see classify_process.passive_openmp for the same reason with torch).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)

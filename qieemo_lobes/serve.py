@@ -55,7 +55,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qieemo_lobes import classify
+from qieemo_lobes import classify, classify_process
 from qieemo_lobes.classify import DEFAULT_MODEL_DIR
 from qieemo_lobes.files import terminate_as_interrupt
 from qieemo_lobes.serve_worker import ClassifyService, ServeLimits
@@ -126,7 +126,7 @@ def build_service(
         model_dir = classify._onnx_step(resolve_onnx_model, model, DEFAULT_MODEL_DIR)
         build_from = DEFAULT_MODEL_DIR if model is None else None
         recognizer = classify._onnx_step(
-            load_onnx_model, model_dir, device, classify._onnx_threads(), build_from, _say
+            load_onnx_model, model_dir, device, classify_process.onnx_threads(), build_from, _say
         )
     else:
         device = classify._torch_device(device, configure_process)
