@@ -53,18 +53,23 @@ def _make_smile() -> Any:
 
 
 def _cache_key(paths: Sequence[str]) -> str:
-    """Hash of the file list (resolved path, size, mtime) and the openSMILE version / feature set."""
+    """Hash of the files' contents, in order, and the openSMILE version / feature set.
+
+    Contents, not sizes and modification times: the shared corpora are copied afresh for each
+    session, which changes every mtime and would recompute every corpus' features each time.
+    """
     import opensmile
+
+    from qieemo_lobes.features import FeatureCacheError, content_key
 
     h = hashlib.sha256()
     h.update(f"opensmile={opensmile.__version__};ComParE_2016;Functionals\n".encode())
     for p in paths:
         try:
-            st = os.stat(p)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
+            stamp = content_key(str(p))
+        except FeatureCacheError:
             stamp = "missing"
-        h.update(f"{Path(p).resolve()}\t{stamp}\n".encode())
+        h.update(f"{stamp}\n".encode())
     return h.hexdigest()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections import Counter
@@ -279,6 +280,21 @@ def test_opensmile_features_cache(
 
     monkeypatch.setattr(baselines_opensmile, "_make_smile", fail)
     np.testing.assert_array_equal(baselines.opensmile_features(paths, cache, progress=False), X)
+    # The same bytes copied afresh (new modification times, as the shared corpora each session):
+    # still the cache's files.
+    copies = []
+    for path in paths:
+        copies.append(str(tmp_path / "copy" / Path(path).name))
+        Path(copies[-1]).parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, copies[-1])
+        os.utime(copies[-1], (1.0e9, 1.0e9))
+    assert baselines.opensmile_cached(copies, cache)
+    with open(copies[0], "r+b") as fh:  # one changed byte of audio: stale
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last[0] ^ 1]))
+    assert not baselines.opensmile_cached(copies, cache)
 
     # A different list invalidates the cache: everything is computed again.
     make()
