@@ -241,11 +241,9 @@ def _section_ablations(results: dict, figure: str) -> list[str]:
             )
             if name == "best_block" and s.get("settings", {}).get("fusion_blocks"):
                 what += f" (blocks {s['settings']['fusion_blocks']})"
-            ua = (
-                f"{s['ua_mean']:.1f} +- {s['ua_std_seeds']:.1f}"
-                if s["ua_mean"] is not None
-                else "-"
-            )
+            ua = "-" if s["ua_mean"] is None else f"{s['ua_mean']:.1f}"
+            if s["ua_mean"] is not None and len(s.get("seeds_done", [])) > 1:
+                ua += f" +- {s['ua_std_seeds']:.1f}"  # one seed has no spread to show
             ens = (
                 f"{s['ua_ensemble']:.1f}{_ci(s['ci_low'], s['ci_high'])}"
                 if s.get("ua_ensemble") is not None
