@@ -474,7 +474,13 @@ def _section_verdicts(results: dict) -> list[str]:
         "|---|---|---|---|",
     ]
     for v in results["verdicts"]:
-        lines.append(f"| {v['claim']} | {v['paper']} | {v['here']} | **{v['verdict']}** |")
+        outcomes = list(v["per_corpus"].values())
+        measured = sum(o in ("+", "-", "0") for o in outcomes)
+        # A verdict from fewer corpora than were asked for says on how many it rests.
+        scope = (
+            f" (on {measured} of {len(outcomes)} corpora)" if 0 < measured < len(outcomes) else ""
+        )
+        lines.append(f"| {v['claim']} | {v['paper']} | {v['here']} | **{v['verdict']}**{scope} |")
     lines.append("")
     return lines
 

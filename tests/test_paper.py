@@ -550,3 +550,11 @@ def test_failure_line_names_the_folds_own_error(tmp_path):
                       "error: folds [2] failed\n")  # fmt: skip
     assert paper._last_line(cv_log) == "fold 2: error: --data_folder: no such folder"
     assert paper._last_line(tmp_path / "missing.log") == ""
+
+
+def test_a_verdict_says_on_how_many_of_the_corpora_it_rests():
+    row = {"claim": "2. MMF", "paper": "p", "here": "h", "verdict": "holds"}
+    partial = {"rule": "rule", "verdicts": [{**row, "per_corpus": {"emodb": "+", "nemo": None}}]}
+    whole = {"rule": "rule", "verdicts": [{**row, "per_corpus": {"emodb": "+", "nemo": "+"}}]}
+    assert "| **holds** (on 1 of 2 corpora) |" in "\n".join(paper_report._section_verdicts(partial))
+    assert "| **holds** |" in "\n".join(paper_report._section_verdicts(whole))
