@@ -230,7 +230,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     corpora = args.corpora.split(",")
     runs = {corpus: loco_run(work, args.candidate, corpus) for corpus in corpora}
     results: dict = {"candidate": args.candidate, "seed": args.seed, "corpora": {}}
-    failed = []
+    failed, wall = [], 0.0  # wall: seconds of every condition reported, kept ones included
     store = work / args.candidate / "robustness"
     try:
         wanted = {condition_key(c) for c in robustness.parse_conditions(args.corruptions)[0]}
@@ -254,6 +254,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
             conditions = _stored(store, corpus, system, n_clips, wanted)
             if not conditions:
                 continue
+            wall += sum(r.get("seconds", 0.0) for r in conditions)
             results["corpora"].setdefault(corpus, {})[system] = {
                 "run": str(run),
                 "n_clips": n_clips,
@@ -269,12 +270,6 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     results["command"] = command.strip()
     out = Path(args.out)
     write_json_atomic(results, out.with_name(out.stem + ".json"))
-    wall = sum(
-        r.get("seconds", 0.0)
-        for name in results["corpora"]
-        for system in results["corpora"][name]
-        for r in _stored(store, name, system, results["corpora"][name][system]["n_clips"], wanted)
-    )
     write_text_atomic(markdown(results, wall), out)
     log(f"written {out} and {out.stem}.json")
     for line in failed:

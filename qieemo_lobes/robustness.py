@@ -311,15 +311,15 @@ def _run(args) -> int:
             labels = load_labels(folder / "label_encoder.ckpt")
         except ModelFolderError as err:
             raise RobustnessError(str(err)) from None
-        classify = (AdaptingRecognizer if args.adapt else LazyRecognizer)(folder, args.device)
-        if args.adapt:
-            _check_adaptable(classify, source)
         unknown = sorted({c.label for c in clips} - set(labels))
         if unknown:
             raise RobustnessError(
                 f"{test_name}: labels the model does not know: {', '.join(unknown)} "
                 f"(the model's: {', '.join(labels)})"
             )
+        classify = (AdaptingRecognizer if args.adapt else LazyRecognizer)(folder, args.device)
+        if args.adapt:  # loads the model: after the checks that need only its files
+            _check_adaptable(classify, source)
         identity = {
             "model": str(source.resolve()),
             "model_digest": model_digest(folder),
