@@ -128,7 +128,14 @@ def block_means(
 
 
 def qieemo_name(hparams: dict) -> str:
-    """The row name of a qieemo run, from the hyperparameters it ran with."""
+    """The row name of a qieemo run, from the hyperparameters it ran with.
+
+    >>> mild = {"use_mmf": False, "use_cma": True, "augment_copies": 1, "augment_corruptions": MILD}
+    >>> qieemo_name(mild).partition(": ")[2]
+    'last block, CMA, 1 corrupted copy per training clip of mild severity (SNR >= 10 dB, RT60 <= 0.6 s, MP3 >= 16 kbps, Opus 12)'
+    >>> qieemo_name({**mild, "augment_corruptions": ["white:20", "gain"]}).partition(": ")[2]
+    'last block, CMA, 1 corrupted copy per training clip (white:20, gain)'
+    """
     parts = [f"MMF blocks {hparams['fusion_blocks']}" if hparams["use_mmf"] else "last block"]
     parts.append("CMA" if hparams["use_cma"] else "no CMA")
     if hparams.get("speaker_norm"):
@@ -137,7 +144,13 @@ def qieemo_name(hparams: dict) -> str:
     if list(speeds) != [100]:
         parts.append(f"speed perturbation {'/'.join(str(s) for s in speeds)} %")
     if int(hparams.get("augment_copies", 0)):
-        parts.append(f"{hparams['augment_copies']} corrupted copies per training clip")
+        copies = int(hparams["augment_copies"])
+        parts.append(f"{copies} corrupted cop{'y' if copies == 1 else 'ies'} per training clip")
+        corruptions = list(hparams.get("augment_corruptions") or SUITE)
+        if corruptions == MILD:
+            parts[-1] += " of mild severity (SNR >= 10 dB, RT60 <= 0.6 s, MP3 >= 16 kbps, Opus 12)"
+        elif corruptions != SUITE:
+            parts[-1] += f" ({', '.join(corruptions)})"
     encoder = "whisper-base" + ("" if hparams.get("window", "fit") == "fit" else " (30 s window)")
     tuned = int(hparams.get("tune_blocks", 0))
     if tuned:
@@ -252,20 +265,55 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--augmented",
         default="",
         help="comma-separated corpora on which qieemo also trains with corrupted copies of its "
-        f"training clips ({' '.join(AUGMENTED)}; the robustness trade-off: "
+        "training clips, one run per --augment-settings (the robustness trade-off: "
         "benchmarks/robustness.py --systems qieemo,qieemo_aug)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--augment-settings",
+        default="qieemo_aug",
+        help="comma-separated augmented runs made on the --augmented corpora: "
+        + "; ".join(f"{name}: {note}" for name, (_, note) in AUGMENTED.items()),
+    )
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.augment_settings.split(",") if n not in AUGMENTED]
+    if unknown:
+        parser.error(
+            f"--augment-settings: unknown {', '.join(unknown)}; known: {', '.join(AUGMENTED)}"
+        )
+    return args
 
 
-# The augmented run: two corrupted copies of every training clip (the recipe's suite: white and
-# babble noise, reverb, telephone, MP3, Opus, gain, every severity), encoded once into the cache.
-AUGMENTED = ["--augment_copies=2"]
+# The augmented runs: corrupted copies of every training clip, encoded once into the cache. The
+# recipes' suite draws every severity (white and babble noise, reverb, telephone, MP3, Opus, gain);
+# the mild one leaves out the severities that destroy most of the signal (SNR 5 and 0 dB, RT60
+# 1 s, MP3 8 kbps, Opus 6 kbps).
+SUITE = ["white", "babble", "reverb", "telephone", "mp3", "opus", "gain"]
+MILD = [
+    *("white:20", "white:10", "babble:20", "babble:10", "reverb:0.3", "reverb:0.6"),
+    *("telephone", "mp3:32", "mp3:16", "opus:12", "gain"),
+]
+AUGMENTED: dict[str, tuple[list[str], str]] = {
+    "qieemo_aug": (["--augment_copies=2"], "2 corrupted copies of every training clip"),
+    "qieemo_aug1": (["--augment_copies=1"], "1 corrupted copy of every training clip"),
+    "qieemo_aug_mild": (
+        ["--augment_copies=2", f"--augment_corruptions=[{','.join(MILD)}]"],
+        "2 corrupted copies of every training clip, mild severities only",
+    ),
+}
 
 
 def qieemo_runs(corpus: str, args: argparse.Namespace) -> list[tuple[str, list[str] | None, str]]:
     """The qieemo runs of one corpus: ``(name, overrides, note)``; ``None``: decided from the
-    default run's hyperparameters (see :func:`run_overrides`)."""
+    default run's hyperparameters (see :func:`run_overrides`).
+
+    >>> args = parse_arguments(["--augmented", "emodb", "--augment-settings", "qieemo_aug_mild"])
+    >>> [name for name, _, _ in qieemo_runs("emodb", args)]
+    ['qieemo', 'qieemo_spknorm', 'qieemo_aug_mild']
+    >>> " ".join(qieemo_runs("emodb", args)[-1][1])[:50]
+    '--augment_copies=2 --augment_corruptions=[white:20'
+    >>> [name for name, _, _ in qieemo_runs("emovo", args)]
+    ['qieemo']
+    """
     if args.baselines_only:
         return []
     runs: list[tuple[str, list[str] | None, str]] = [("qieemo", [], "")]
@@ -280,7 +328,7 @@ def qieemo_runs(corpus: str, args: argparse.Namespace) -> list[tuple[str, list[s
     if corpus in args.window_toggled.split(","):
         runs.append(("qieemo_30s_frozen", WINDOW_30S, ""))
     if corpus in args.augmented.split(","):
-        runs.append(("qieemo_aug", AUGMENTED, "2 corrupted copies of every training clip"))
+        runs.extend((name, *AUGMENTED[name]) for name in args.augment_settings.split(","))
     return runs
 
 

@@ -2,7 +2,7 @@
 """Robustness curves: UA against corruption severity, qieemo against the probe and openSMILE.
 
     python benchmarks/robustness.py --corpora emodb,ravdess,emovo
-        [--systems qieemo,qieemo_adapt,qieemo_aug,probe,opensmile]
+        [--systems qieemo,qieemo_adapt,qieemo_aug,qieemo_aug1,qieemo_aug_mild,probe,opensmile]
         [--work results/bench] [--data ../shared/data] [--out benchmarks/results/robustness.md]
         [--corruptions white,babble,...|all] [--seed 0] [--max-per-fold N]
 
@@ -18,8 +18,10 @@ audio:
 - qieemo_adapt: the same runs, adapted to each condition (AdaBN, :mod:`qieemo_lobes.adaptation`):
   the head's input statistics measured on the fold's corrupted test clips of that condition
   (transductive: what ``classify --adapt`` does on a folder of such recordings);
-- qieemo_aug: accuracy.py's ``--augmented`` runs ``WORK/<corpus>/qieemo_aug/fold_<k>``, trained
-  with two corrupted copies of every training clip (the trade-off: clean UA against the rest);
+- qieemo_aug, qieemo_aug1, qieemo_aug_mild: accuracy.py's ``--augmented`` runs
+  ``WORK/<corpus>/<system>/fold_<k>`` (``--augment-settings <system>``), trained with corrupted
+  copies of every training clip: two, one, two of the mild severities only (the trade-off: clean
+  UA against the rest);
 - probe: accuracy.py's (b): standardise + logistic regression (C=0.1) on the time-mean of one
   whisper-base block (fit window), the block chosen by inner CV on the training folds
   (:class:`baselines.InnerCVBlockProbe`), fitted on the clean training folds' means from the
@@ -61,7 +63,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import baselines  # noqa: E402
-from accuracy import CORPORA  # noqa: E402
+from accuracy import AUGMENTED, CORPORA  # noqa: E402
 from robustness_report import SYSTEMS, log, report  # noqa: E402
 
 from qieemo_lobes.errors import one_line  # noqa: E402
@@ -133,7 +135,7 @@ def fold_runs(corpus: str, items: list[dict], work: Path, name: str = "qieemo") 
     runs = {k: work / corpus / name / f"fold_{k + 1}" for k in folds}
     missing = [run.name for run in runs.values() if not (run / "test_metrics.json").is_file()]
     if missing:
-        option = f" --augmented {corpus}" if name == "qieemo_aug" else ""
+        option = f" --augmented {corpus} --augment-settings {name}" if name in AUGMENTED else ""
         raise RobustnessError(
             f"{work / corpus / name}: no finished {name} fold runs {', '.join(missing)}; make "
             f"them with: python benchmarks/accuracy.py --corpora {corpus}{option} --work {work}"
@@ -274,10 +276,10 @@ class Corpus:
         self.y = np.array([item["label"] for item in items])
         self.groups = np.array([item["fold"] for item in items])
 
-    @functools.cached_property
-    def augmented_runs(self) -> dict[int, Path]:
-        """accuracy.py's ``--augmented`` runs, on the same folds (checked when first needed)."""
-        runs = fold_runs(self.name, self.items, self.work, "qieemo_aug")
+    @functools.cache  # noqa: B019 - one Corpus per corpus and command
+    def augmented_runs(self, system: str) -> dict[int, Path]:
+        """accuracy.py's ``--augmented`` runs ``system``, on the same folds (checked once)."""
+        runs = fold_runs(self.name, self.items, self.work, system)
         for k, run in runs.items():
             fold_clips(run, self.items, k)
         return runs
@@ -305,8 +307,8 @@ class Corpus:
                 else:
                     yield AdaptingRecognizer(folder), digest("adapt", model_digest(folder))
             return
-        if system == "qieemo_aug":
-            with model_folder(self.augmented_runs[k].resolve()) as folder:
+        if system in AUGMENTED:
+            with model_folder(self.augmented_runs(system)[k].resolve()) as folder:
                 yield LazyRecognizer(folder), model_digest(folder)
             return
         training = clips_digest(
@@ -440,9 +442,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for name in args.corpora
             }
-            if "qieemo_aug" in args.systems:  # its runs found before anything runs, too
+            for system in set(args.systems) & set(AUGMENTED):  # found before anything runs
                 for corpus in corpora.values():
-                    corpus.augmented_runs  # noqa: B018 - checked (and cached) now
+                    corpus.augmented_runs(system)
             for name, reason in unavailable.items():
                 log(f"{name}: skipped ({reason})")
             for name, corpus in corpora.items():

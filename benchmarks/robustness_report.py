@@ -23,7 +23,9 @@ def log(line: str) -> None:
 SYSTEMS = {
     "qieemo": "qieemo (recipe default)",
     "qieemo_adapt": "qieemo adapted to each condition (AdaBN, transductive)",
-    "qieemo_aug": "qieemo trained with corrupted copies",
+    "qieemo_aug": "qieemo trained with 2 corrupted copies",
+    "qieemo_aug1": "qieemo trained with 1 corrupted copy",
+    "qieemo_aug_mild": "qieemo trained with 2 mild corrupted copies",
     "probe": "probe, best block by inner CV",
     "opensmile": "openSMILE ComParE_2016 + linear SVM",
 }

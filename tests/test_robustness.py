@@ -452,16 +452,19 @@ def test_adapted_system_gets_each_condition_whole_and_adapts_to_it(
         assert labels == expected
 
 
-def test_augmented_system_reads_the_augmented_runs(benchmark, work, emodb4, tmp_path, capsys):
+def test_augmented_systems_read_their_runs(benchmark, work, emodb4, tmp_path, capsys):
     partial = tmp_path / "work"
     shutil.copytree(work / "emodb", partial / "emodb", symlinks=True)
-    assert run_benchmark(benchmark, partial, emodb4, tmp_path / "r.md", "qieemo_aug") == 2
-    err = stderr_lines(capsys)
-    assert len(err) == 1 and "no finished qieemo_aug fold runs fold_1, fold_2, fold_3" in err[0]
-    assert f"accuracy.py --corpora emodb --augmented emodb --work {partial}" in err[0]
+    system = "qieemo_aug_mild"  # each augmented setting reads its own runs
     shutil.copytree(partial / "emodb" / "qieemo", partial / "emodb" / "qieemo_aug")
+    assert run_benchmark(benchmark, partial, emodb4, tmp_path / "r.md", f"qieemo,{system}") == 2
+    err = stderr_lines(capsys)
+    assert len(err) == 1 and f"no finished {system} fold runs fold_1, fold_2, fold_3" in err[0]
+    command = f"accuracy.py --corpora emodb --augmented emodb --augment-settings {system} --work"
+    assert f"{command} {partial}" in err[0]
+    shutil.copytree(partial / "emodb" / "qieemo", partial / "emodb" / system)
     out = tmp_path / "robustness.md"
-    assert run_benchmark(benchmark, partial, emodb4, out, "qieemo,qieemo_aug") == 0
-    points = check_outputs(out, ["qieemo", "qieemo_aug"])
+    assert run_benchmark(benchmark, partial, emodb4, out, f"qieemo,{system}") == 0
+    points = check_outputs(out, ["qieemo", system])
     for condition in ("clean", "white 0 dB"):  # the same heads here: the same results
-        assert points[("qieemo", condition)]["ua"] == points[("qieemo_aug", condition)]["ua"]
+        assert points[("qieemo", condition)]["ua"] == points[(system, condition)]["ua"]
