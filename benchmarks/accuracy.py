@@ -13,7 +13,9 @@ named by ``--window-toggled`` also with Whisper's 30-second window) where an enc
   utterances) and, on the corpora named by ``--tune-toggled``, ``--ablations`` and
   ``--ablations-no-mmf``, with the other encoder setting (frozen / block 3 retrained), with CMA
   toggled and without MMF (the last block alone), and with the 30-second window (frozen, no speed
-  copies);
+  copies); on the corpora named by ``--augmented``, trained with corrupted copies of the
+  training clips, one run per ``--augment-settings`` name (:data:`AUGMENTED`; their clean cost
+  over seeds: ``benchmarks/augmentation_seeds.py``);
 - (b) probe: standardise + logistic regression (C=0.1) on the time-mean of one block, the block
   chosen per test fold by an inner cross-validation on the training folds (honest), and the same
   on per-speaker-normalised means, and on the 30-second window's means;
