@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from accuracy import AUGMENTED, CORPORA, cross_validate_command  # noqa: E402
 
-from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
+from qieemo_lobes.files import (  # noqa: E402
+    terminate_as_interrupt,
+    write_json_atomic,
+    write_text_atomic,
+)
 from qieemo_lobes.recipe_results import read_predictions  # noqa: E402
 from qieemo_lobes.stats import mcnemar, paired_bootstrap  # noqa: E402
 
@@ -200,34 +205,40 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    import subprocess
-
-    args = parse_arguments(argv)
-    command = "python benchmarks/augmentation_seeds.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    started = time.time()
-    work, data = Path(args.work).resolve(), Path(args.data) / CORPORA[args.corpus][1]
+def collect_runs(args: argparse.Namespace, failed: list[str]) -> dict[str, dict[int, dict]]:
+    """Every setting's finished runs per seed, running the missing ones first (unless
+    ``--report-only``); a run that fails is appended to ``failed`` and the others go on."""
+    work, data = Path(args.work).resolve(), (Path(args.data) / CORPORA[args.corpus][1]).resolve()
     runs: dict[str, dict[int, dict]] = {}
-    failed = []
     for setting in ["qieemo", *args.settings]:
         runs[setting] = {}
         for seed in args.seeds:
             folder = run_folder(work, args.corpus, setting, seed)
             if read_folds(folder) is None and not args.report_only:
                 cv, recipe = cross_validate_command(
-                    args.corpus,
-                    data.resolve(),
-                    folder,
-                    work / "feature_cache",
-                    overrides(setting, seed),
+                    args.corpus, data, folder, work / "feature_cache", overrides(setting, seed)
                 )
                 print(f"[{args.corpus}] {setting} seed {seed} -> {folder}", flush=True)
                 if subprocess.call(cv, cwd=recipe) != 0:
                     failed.append(f"{setting} seed {seed}")
             if (found := read_folds(folder)) is not None:
                 runs[setting][seed] = found
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    command = "python benchmarks/augmentation_seeds.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    started = time.time()
+    failed: list[str] = []
+    try:
+        with terminate_as_interrupt():
+            runs = collect_runs(args, failed)
+    except KeyboardInterrupt:
+        print("interrupted; finished folds are kept and reused by the next call", file=sys.stderr)
+        return 130
     text, record = report(
         args.corpus, args.settings, args.seeds, runs, command, time.time() - started
     )

@@ -93,3 +93,16 @@ def test_bad_arguments_are_one_line(option, message, capsys):
         augmentation_seeds.parse_arguments(option)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_failed_runs_are_reported_at_the_end(tmp_path, capsys):
+    """Runs that cannot start (no corpus at --data) are listed after the others ran, exit 1,
+    and the report is still written with what is missing."""
+    out = tmp_path / "seeds.md"
+    argv = ["--settings", "qieemo_aug1", "--seeds", "1987", "--work", str(tmp_path / "work")]
+    argv += ["--data", str(tmp_path / "no_data"), "--out", str(out)]
+    assert augmentation_seeds.main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert "failed: qieemo seed 1987 (its log is in the run's folder)" in err
+    assert "failed: qieemo_aug1 seed 1987 (its log is in the run's folder)" in err
+    assert "| qieemo_aug1 (1 corrupted copy of every training clip) | not run |" in out.read_text()
