@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import baselines  # noqa: E402
 
+from qieemo_lobes import augmentation  # noqa: E402
 from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 # corpus -> (recipe folder under recipes/, folder under --data)
@@ -290,10 +291,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 # the mild one leaves out the severities that destroy most of the signal (SNR 5 and 0 dB, RT60
 # 1 s, MP3 8 kbps, Opus 6 kbps).
 SUITE = ["white", "babble", "reverb", "telephone", "mp3", "opus", "gain"]
-MILD = [
-    *("white:20", "white:10", "babble:20", "babble:10", "reverb:0.3", "reverb:0.6"),
-    *("telephone", "mp3:32", "mp3:16", "opus:12", "gain"),
-]
+MILD = list(augmentation.MILD)
 AUGMENTED: dict[str, tuple[list[str], str]] = {
     "qieemo_aug": (["--augment_copies=2"], "2 corrupted copies of every training clip"),
     "qieemo_aug1": (["--augment_copies=1"], "1 corrupted copy of every training clip"),

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import cross_corpus as cc  # noqa: E402
 
+from qieemo_lobes.augmentation import MILD  # noqa: E402
 from qieemo_lobes.errors import one_line  # noqa: E402
 from qieemo_lobes.files import write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -47,6 +48,16 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {
     "all_blocks": (
         "MMF over all six blocks (learned weights)",
         [*NO_CMA, "--fusion_blocks=[1,2,3,4,5,6]"],
+        False,
+    ),
+    "all_blocks_mild": (
+        "MMF over all six blocks, two corrupted copies of every training clip (mild severities)",
+        [
+            *NO_CMA,
+            "--fusion_blocks=[1,2,3,4,5,6]",
+            "--augment_copies=2",
+            f"--augment_corruptions=[{','.join(MILD)}]",
+        ],
         False,
     ),
     "blocks_234": ("MMF over blocks 2, 3 and 4", [*NO_CMA, "--fusion_blocks=[2,3,4]"], False),
