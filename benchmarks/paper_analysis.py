@@ -65,9 +65,9 @@ def analyse(
                 if run["status"] != "done":
                     not_run.append(f"{corpus} {system} seed {seed} ({run['status']})")
         tests = [
-            {"corpus": corpus, **paired_test(a, ensembles[a], b, ensembles[b], n_boot)}
+            test
             for a, b in PAIRS
-            if ensembles.get(a) is not None and ensembles.get(b) is not None
+            if (test := common_seed_test(corpus, systems, ensembles, a, b, n_boot)) is not None
         ]
         adjust(tests)
         all_tests += tests
@@ -126,6 +126,32 @@ def analyse(
         "failed": meta.get("failures", []),
         "wall_time_s": wall,
     }
+
+
+def common_seed_test(
+    corpus: str,
+    systems: dict[str, dict[int, dict]],
+    ensembles: dict[str, dict | None],
+    a: str,
+    b: str,
+    n_boot: int,
+) -> dict[str, Any] | None:
+    """The paired test of ``a`` and ``b`` on the seeds both finished (``seeds``), None when
+    they share none: a system with more finished seeds would otherwise compare its larger
+    seed ensemble, which is stronger by itself, against the other's smaller one."""
+    if ensembles.get(a) is None or ensembles.get(b) is None:
+        return None
+    done = {s: {k for k, run in systems[s].items() if run["status"] == "done"} for s in (a, b)}
+    common = sorted(done[a] & done[b])
+    if not common:
+        return None
+    chosen = {
+        s: ensembles[s]
+        if done[s] == set(common)
+        else summarise_system({k: systems[s][k] for k in common}, n_boot=100)[1]
+        for s in (a, b)
+    }
+    return {"corpus": corpus, "seeds": common, **paired_test(a, chosen[a], b, chosen[b], n_boot)}
 
 
 def analyse_lexical(lexical: dict[str, Any], n_boot: int) -> dict[str, Any]:

@@ -558,3 +558,39 @@ def test_a_verdict_says_on_how_many_of_the_corpora_it_rests():
     whole = {"rule": "rule", "verdicts": [{**row, "per_corpus": {"emodb": "+", "nemo": "+"}}]}
     assert "| **holds** (on 1 of 2 corpora) |" in "\n".join(paper_report._section_verdicts(partial))
     assert "| **holds** |" in "\n".join(paper_report._section_verdicts(whole))
+
+
+def _fake_run(right: list[bool]) -> dict:
+    """A finished one-fold run as ``paper_runs.read_run`` returns it: utterance i is right or
+    wrong as ``right[i]`` says (two classes, alternating; two speakers)."""
+    utterances = {}
+    for i, ok in enumerate(right):
+        true = "ab"[i % 2]
+        probs = np.array([0.9, 0.1]) if (true == "a") == ok else np.array([0.1, 0.9])
+        utterances[f"u{i}"] = {"true": true, "probs": probs, "speaker": f"s{i % 4}", "fold": "1"}
+    fold = {"ua": 0.0, "wa": 0.0, "classes": ["a", "b"], "utterances": utterances,
+            "weights": None, "gates": None, "wall_time_s": None}  # fmt: skip
+    return {"status": "done", "folds": {1: fold}, "settings": {}}
+
+
+def test_paired_tests_use_the_seeds_both_systems_finished():
+    import paper_analysis
+
+    n = 40
+    systems = {  # full: seed 1986 as good as no_cma, seed 1987 perfect; no_cma has seed 1986 only
+        "full": {1986: _fake_run([i % 4 != 0 for i in range(n)]), 1987: _fake_run([True] * n)},
+        "no_cma": {1986: _fake_run([i % 4 != 1 for i in range(n)])},
+    }
+    ensembles = {s: paper_report.summarise_system(r, n_boot=100)[1] for s, r in systems.items()}
+    test = paper_analysis.common_seed_test("emodb", systems, ensembles, "full", "no_cma", 500)
+    assert test["seeds"] == [1986] and test["delta_ua"] == 0.0  # seed 1987 left out
+    unfair = paper_report.paired_test("full", ensembles["full"], "no_cma", ensembles["no_cma"])
+    assert unfair["delta_ua"] != 0.0  # what the two-seed ensemble alone would have claimed
+    systems["no_cma"] = {1987: _fake_run([True] * n)}
+    ensembles["no_cma"] = paper_report.summarise_system(systems["no_cma"], n_boot=100)[1]
+    assert paper_analysis.common_seed_test("x", systems, ensembles, "full", "no_cma", 500)[
+        "seeds"
+    ] == [1987]
+    systems["no_cma"] = {1988: _fake_run([True] * n)}
+    ensembles["no_cma"] = paper_report.summarise_system(systems["no_cma"], n_boot=100)[1]
+    assert paper_analysis.common_seed_test("x", systems, ensembles, "full", "no_cma", 500) is None
