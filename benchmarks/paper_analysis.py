@@ -10,6 +10,7 @@ formats of its texts (and of the report's) are here too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from accuracy import CORPORA
@@ -135,6 +136,7 @@ def common_seed_test(
     a: str,
     b: str,
     n_boot: int,
+    group_of: Callable[[str, dict], str] | None = None,
 ) -> dict[str, Any] | None:
     """The paired test of ``a`` and ``b`` on the seeds both finished (``seeds``), None when
     they share none: a system with more finished seeds would otherwise compare its larger
@@ -148,7 +150,7 @@ def common_seed_test(
     chosen = {
         s: ensembles[s]
         if done[s] == set(common)
-        else summarise_system({k: systems[s][k] for k in common}, n_boot=100)[1]
+        else summarise_system({k: systems[s][k] for k in common}, group_of, n_boot=100)[1]
         for s in (a, b)
     }
     return {"corpus": corpus, "seeds": common, **paired_test(a, chosen[a], b, chosen[b], n_boot)}
@@ -160,12 +162,13 @@ def analyse_lexical(lexical: dict[str, Any], n_boot: int) -> dict[str, Any]:
     text = lexical.get("text") or {}
     group = (lambda utt, info: text.get(utt, utt)) if text else None
     summaries, ensembles = {}, {}
-    for system, by_seed in (lexical.get("runs") or {}).items():
+    runs = lexical.get("runs") or {}
+    for system, by_seed in runs.items():
         summaries[system], ensembles[system] = summarise_system(by_seed, group, n_boot=2000)
     tests = [
-        {"corpus": "lexical", **paired_test(a, ensembles[a], b, ensembles[b], n_boot)}
+        test
         for a, b in LEXICAL_PAIRS
-        if ensembles.get(a) is not None and ensembles.get(b) is not None
+        if (test := common_seed_test("lexical", runs, ensembles, a, b, n_boot, group)) is not None
     ]
     adjust(tests)
     return {"systems": summaries, "tests": tests, "text_only": lexical.get("text_only")}

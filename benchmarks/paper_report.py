@@ -258,21 +258,23 @@ def _section_ablations(results: dict, figure: str) -> list[str]:
         "ensembles' UA difference (95 % CI, p Holm-adjusted over the corpus' tests), McNemar on "
         "the ensembles' pooled predictions (b: a right and b wrong, c: the reverse; p "
         "Holm-adjusted), and the Wilcoxon signed-rank test over the seed-averaged fold UAs "
-        "(raw p; with 5-6 folds it cannot go far below 0.05, so it only informs).",
+        "(raw p; with 5-6 folds it cannot go far below 0.05, so it only informs). Each pair is "
+        "compared on the seeds both systems finished (their ensembles over those seeds).",
         "",
-        "| corpus | a - b | delta UA [95 % CI] | p (bootstrap, Holm) | McNemar b/c, p (Holm) | Wilcoxon delta, p | significant |",
-        "|---|---|---|---|---|---|---|",
+        "| corpus | a - b | seeds | delta UA [95 % CI] | p (bootstrap, Holm) | McNemar b/c, p (Holm) | Wilcoxon delta, p | significant |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t in results["tests"]:
+        seeds = ", ".join(str(s) for s in t.get("seeds", []))
         lines.append(
-            f"| {CORPUS_NAMES.get(t['corpus'], t['corpus'])} | `{t['a']}` - `{t['b']}` | "
+            f"| {CORPUS_NAMES.get(t['corpus'], t['corpus'])} | `{t['a']}` - `{t['b']}` | {seeds} | "
             f"{_f(t['delta_ua'], 1, True)}{_ci(t['ci_low'], t['ci_high'], True)} | "
             f"{_p(t['p_value'])} | {t['mcnemar_b']}/{t['mcnemar_c']}, {_p(t['mcnemar_p_holm'])} | "
             f"{_f(t['wilcoxon_delta'], 1, True)}, {_p(t['wilcoxon_p'])} | "
             f"{'yes' if t['significant'] else 'no'} |"
         )
     if not results["tests"]:
-        lines.append("| (no pair of finished systems) | | | | | | |")
+        lines.append("| (no pair of finished systems) | | | | | | | |")
     lines += [
         "",
         f"![ensemble UA of every system]({figure})",
