@@ -42,6 +42,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+import paper_runs  # noqa: E402
 from accuracy import AUGMENTED, CORPORA, cross_validate_command  # noqa: E402
 
 from qieemo_lobes.files import (  # noqa: E402
@@ -49,7 +50,6 @@ from qieemo_lobes.files import (  # noqa: E402
     write_json_atomic,
     write_text_atomic,
 )
-from qieemo_lobes.recipe_results import read_predictions  # noqa: E402
 from qieemo_lobes.stats import mcnemar, paired_bootstrap  # noqa: E402
 
 RECIPE_SEED = 1986  # every emotion recipe's hparams/qieemo.yaml
@@ -82,17 +82,20 @@ def overrides(setting: str, seed: int) -> list[str]:
 
 def read_folds(folder: Path) -> dict | None:
     """A finished cross-validation: the folds' UA and every test clip's ``(true, predicted,
-    speaker)``; None while ``summary.json`` is missing."""
+    speaker)``, each fold read by the paper study's reader (:func:`paper_runs.read_fold`);
+    None while ``summary.json`` is missing."""
     if not (folder / "summary.json").is_file():
         return None
     wall = json.loads((folder / "summary.json").read_text()).get("wall_time_s")
     fold_ua, clips = [], {}
-    for fold in sorted(folder.glob("fold_*"), key=lambda f: int(f.name.split("_")[1])):
-        fold_ua.append(float(json.loads((fold / "test_metrics.json").read_text())["ua"]))
-        classes, rows = read_predictions(fold / "predictions.csv")
-        test = json.loads((fold / "test.json").read_text())
-        for utt, (true, probs) in rows.items():
-            clips[utt] = (true, classes[int(np.argmax(probs))], str(test[utt]["spk_id"]))
+    for path in sorted(folder.glob("fold_*"), key=lambda f: int(f.name.split("_")[1])):
+        fold = paper_runs.read_fold(path, path.name)
+        if fold is None:
+            return None
+        fold_ua.append(fold["ua"])
+        for utt, info in fold["utterances"].items():
+            predicted = fold["classes"][int(np.argmax(info["probs"]))]
+            clips[utt] = (info["true"], predicted, info["speaker"])
     return {"fold_ua": fold_ua, "ua": float(np.mean(fold_ua)), "clips": clips, "wall_time_s": wall}
 
 
