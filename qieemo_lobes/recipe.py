@@ -149,7 +149,8 @@ def _errors_as_exit(progress: _Progress) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        _exit("interrupted; rerun the same command to resume", 130)
+        # The signal can land while tqdm is drawing a bar, before its closing newline.
+        _exit("interrupted; rerun the same command to resume", 130, own_line=True)
     except RecipeError as err:
         _exit(f"error: {err}", err.code)
     except (FolderLockedError, FeatureCacheError) as err:  # one line naming the folder or entry
@@ -159,10 +160,13 @@ def _errors_as_exit(progress: _Progress) -> Iterator[None]:
         _exit(f"error: {os_error_line(err)}{resume}", 2)
 
 
-def _exit(message: str, code: int) -> None:
-    """Log ``message``, print it on stderr and exit with status ``code``."""
+def _exit(message: str, code: int, own_line: bool = False) -> None:
+    """Log ``message``, print it on stderr and exit with status ``code``.
+
+    ``own_line``: start with a newline, so the message never trails a half-drawn progress bar.
+    """
     logger.debug(message)  # in log.txt when logging is set up
-    print(message, file=sys.stderr, flush=True)
+    print("\n" * own_line + message, file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 

@@ -499,3 +499,16 @@ def test_interrupted_run_says_how_to_resume(tmp_path, micro, micro_cache, signum
     assert child.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+
+
+def test_interrupt_message_starts_its_own_line_after_a_half_drawn_progress_bar(capfd):
+    # What CI once saw: SIGINT arrived while tqdm was drawing, before the bar's newline.
+    from qieemo_lobes.recipe import _errors_as_exit, _Progress
+
+    with pytest.raises(SystemExit) as stopped, _errors_as_exit(_Progress()):
+        sys.stderr.write("100%|##########| 2/2 [00:00<00:00, 33.76it/s, train_loss=1.85]")
+        raise KeyboardInterrupt
+    assert stopped.value.code == 130
+    lines = capfd.readouterr().err.splitlines()
+    assert lines[-1] == "interrupted; rerun the same command to resume"
+    assert lines[0].endswith("train_loss=1.85]")
