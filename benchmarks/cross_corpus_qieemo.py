@@ -121,11 +121,11 @@ def launch(arguments: Sequence[str], log: Path) -> int:
     The run stops with this process, however it ends (Ctrl-C, SIGTERM, even SIGKILL), through
     the cross-validation's child handling.
     """
-    from qieemo_lobes.cross_validation import _run_child
+    from qieemo_lobes.fold_runs import run_child
 
     command = [sys.executable, str(RECIPE / "train.py"), str(HPARAMS), *arguments]
     with open(log, "w") as fh:
-        return _run_child(command, fh)
+        return run_child(command, fh)
 
 
 def _last_line(path: Path) -> str:

@@ -169,11 +169,11 @@ def run_arguments(
 def launch(script: Path, arguments: Sequence[str], log: Path) -> int:
     """Run ``python SCRIPT ARGUMENTS`` (output in ``log``); its exit status. The child goes
     down with this process (Ctrl-C, SIGTERM, even SIGKILL), as a cross-validation's folds do."""
-    from qieemo_lobes.cross_validation import _run_child
+    from qieemo_lobes.fold_runs import run_child
 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
-        return _run_child([sys.executable, str(script), *arguments], fh)
+        return run_child([sys.executable, str(script), *arguments], fh)
 
 
 def _last_line(path: Path) -> str:
@@ -196,10 +196,10 @@ def _last_line(path: Path) -> str:
 def cv_finished(out: Path, arguments: Sequence[str], folds: list[int]) -> bool:
     """Whether the cross-validation in ``out`` holds every fold of ``folds``, finished with the
     settings ``arguments`` give (then it is not launched again)."""
-    from qieemo_lobes.cross_validation import _finished, cv_settings, cv_settings_difference
+    from qieemo_lobes.fold_runs import cv_settings, cv_settings_difference, finished_fold
 
     recorded = paper_report.read_json(out / "cv_settings.json")
-    if recorded is None or any(_finished(out / f"fold_{k}") is None for k in folds):
+    if recorded is None or any(finished_fold(out / f"fold_{k}") is None for k in folds):
         return False
     hparams, rest = arguments[0], list(arguments[1:])
     named = dict(a[2:].split("=", 1) for a in rest if a.startswith("--") and "=" in a)
@@ -217,10 +217,10 @@ def cv_finished(out: Path, arguments: Sequence[str], folds: list[int]) -> bool:
 
 def single_run_finished(out: Path, arguments: Sequence[str]) -> bool:
     """Whether the ``train.py`` run in ``out`` finished with the settings ``arguments`` give."""
-    from qieemo_lobes.cross_validation import _finished, fold_settings_difference
+    from qieemo_lobes.fold_runs import finished_fold, fold_settings_difference
     from qieemo_lobes.run_settings import resolved_settings
 
-    if _finished(out) is None:
+    if finished_fold(out) is None:
         return False
     try:
         settings = resolved_settings(arguments[0], [a for a in arguments[1:] if a.startswith("--")])

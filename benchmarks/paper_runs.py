@@ -86,9 +86,9 @@ def cma_gates(save: Path) -> dict[str, list[float]] | None:
 def read_fold(folder: Path, fold: int | str) -> dict[str, Any] | None:
     """One finished fold (or single run): metrics, every test utterance with its speaker, the
     MMF weights and CMA gates of the tested model; None when not finished."""
-    from qieemo_lobes.cross_validation import _finished
+    from qieemo_lobes.fold_runs import finished_fold
 
-    metrics = _finished(folder)
+    metrics = finished_fold(folder)
     if metrics is None or not (folder / "predictions.csv").is_file():
         return None
     classes, rows = read_predictions(folder / "predictions.csv")

@@ -35,146 +35,42 @@ kernel stops the fold's process too (Linux).
 - ``confusion.png``: the summed confusion matrix, row-normalised, with counts;
 - ``report.md``: the same for people.
 
-Example
--------
->>> mean_std([{"wa": 80.0, "ua": 70.0, "wf1": 75.0, "macro_f1": 60.0},
-...           {"wa": 90.0, "ua": 80.0, "wf1": 85.0, "macro_f1": 70.0}])["mean"]["wa"]
-85.0
+The folds' processes and their settings are :mod:`qieemo_lobes.fold_runs`; the summary
+:mod:`qieemo_lobes.cv_summary`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import functools
-import json
 import os
-import platform
 import re
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
 
+from qieemo_lobes.cv_summary import write_summary
 from qieemo_lobes.files import (
     FolderLock,
     FolderLockedError,
-    atomic_open,
     terminate_as_interrupt,
     write_json_atomic,
-    write_text_atomic,
+)
+from qieemo_lobes.fold_runs import (
+    cv_settings,
+    cv_settings_difference,
+    finished_fold,
+    fold_settings_difference,
+    read_json,
+    run_child,
 )
 
-METRICS = ("wa", "ua", "wf1", "macro_f1")
 CV_SETTINGS = "cv_settings.json"
-FOLD_SETTINGS = "run_settings.json"  # written by each fold's train.py (qieemo_lobes.recipe)
-# Differ from fold to fold by design (test_fold), or are compared once for the whole
-# cross-validation (data_folder: a fold records it as given, relative to where it ran).
-PER_FOLD = frozenset({"test_fold", "data_folder"})
 # What a cross-validation writes into OUT, besides the fold_K folders; --overwrite removes it.
 SUMMARY_FILES = ("summary.json", "predictions.csv", "confusion.png", "report.md", CV_SETTINGS)
 FOLD_FOLDER = re.compile(r"^fold_\d+$")
 INTERRUPTED = "interrupted; rerun the same command to resume"
-
-
-def mean_std(folds: list[dict]) -> dict:
-    """Mean and (population) standard deviation of each metric over folds."""
-    return {
-        "mean": {m: statistics.fmean(f[m] for f in folds) for m in METRICS},
-        "std": {m: statistics.pstdev([f[m] for f in folds]) for m in METRICS},
-    }
-
-
-def versions() -> dict:
-    """Versions of Python and of the libraries a result depends on."""
-    import importlib.metadata as md
-
-    found = {"python": platform.python_version()}
-    for dist in ("torch", "torchaudio", "speechbrain", "transformers", "qieemo-lobes"):
-        try:
-            found[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            found[dist] = None
-    return found
-
-
-def plot_confusion(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> None:
-    """Row-normalised confusion matrix with the counts written in each cell."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    counts = np.asarray(confusion, dtype=float)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = 1.0 + 0.9 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            colour = "white" if rates[i, j] > 0.5 else "black"
-            ax.text(
-                j,
-                i,
-                f"{rates[i, j]:.2f}\n({int(counts[i, j])})",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color=colour,
-            )
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as fh:  # a new file's permissions; nothing left on failure
-            fig.savefig(fh, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-
-
-def _report(summary: dict, command: str) -> str:
-    lines = [
-        f"# {summary['dataset']}: {summary['backbone']}, {len(summary['folds'])} folds",
-        "",
-        f"Command: `{command}`",
-        "",
-        "| fold | n_test | WA | UA | WF1 | macro-F1 |",
-        "|---|---|---|---|---|---|",
-    ]
-    for fold in summary["folds"]:
-        lines.append(
-            f"| {fold['fold']} | {fold['n_test']} | {fold['wa']:.2f} | {fold['ua']:.2f} "
-            f"| {fold['wf1']:.2f} | {fold['macro_f1']:.2f} |"
-        )
-    mean, std = summary["mean"], summary["std"]
-    lines.append(
-        "| **mean +- std** | | "
-        + " | ".join(f"**{mean[m]:.2f} +- {std[m]:.2f}**" for m in METRICS)
-        + " |"
-    )
-    lines += [
-        "",
-        "WA: accuracy; UA: mean per-class recall; WF1: support-weighted F1 (percent).",
-        "",
-        f"Classes (utterances): {', '.join(f'{c} ({n})' for c, n in summary['class_counts'].items())}",
-        "",
-        "![confusion matrix](confusion.png)",
-        "",
-        f"Wall time {summary['wall_time_s']:.0f} s; versions: "
-        + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()),
-        "",
-    ]
-    return "\n".join(lines)
 
 
 class CrossValidationError(Exception):
@@ -223,137 +119,13 @@ def parse_folds(text: str | None, n_folds: int) -> list[int]:
     return wanted
 
 
-def cv_settings(hparams: str | os.PathLike, overrides: list[str], data_folder: str) -> dict:
-    """What ``OUT/cv_settings.json`` records: the settings every fold is trained with.
-
-    ``settings`` are the recipe's plain settings with ``overrides`` applied
-    (:func:`~qieemo_lobes.run_settings.resolved_settings`, without the per-fold ones),
-    ``data_folder`` the corpus root as an absolute path.
-    """
-    from qieemo_lobes.run_settings import resolved_settings
-
-    settings = resolved_settings(hparams, overrides)
-    return {
-        "data_folder": os.path.abspath(data_folder),
-        "settings": {k: v for k, v in settings.items() if k not in PER_FOLD},
-    }
-
-
-def cv_settings_difference(old: dict, new: dict) -> list[str]:
-    """``"key: old -> new"`` for every difference between two :func:`cv_settings` records."""
-    from qieemo_lobes.run_settings import settings_difference
-
-    old_settings = old.get("settings")
-    differences = settings_difference(
-        old_settings if isinstance(old_settings, dict) else {}, new["settings"]
-    )
-    if old.get("data_folder") != new["data_folder"]:
-        differences.insert(0, f"data_folder: {old.get('data_folder')} -> {new['data_folder']}")
-    return differences
-
-
-def fold_settings_difference(fold_dir: Path, settings: dict) -> list[str] | None:
-    """How the settings a fold recorded differ from ``settings`` (a :func:`cv_settings`'
-    ``settings``); None when the fold recorded none.
-
-    The fold's ``run_settings.json`` (its ``settings`` if it has that key) is compared on every
-    setting of ``settings``; without it, the ``hparams`` that older runs kept in
-    ``run_info.json`` are compared on the settings both hold. :data:`PER_FOLD` is left out.
-    """
-    from qieemo_lobes.run_settings import read_settings_file, settings_difference
-
-    recorded = read_settings_file(fold_dir / FOLD_SETTINGS)
-    every_setting = recorded is not None
-    if recorded is None:
-        info = read_settings_file(fold_dir / "run_info.json")
-        recorded = info.get("hparams") if info is not None else None
-    if not isinstance(recorded, dict):
-        return None
-    if isinstance(recorded.get("settings"), dict):
-        recorded = recorded["settings"]
-    expected = {k: v for k, v in settings.items() if k not in PER_FOLD}
-    if not every_setting:
-        expected = {k: v for k, v in expected.items() if k in recorded}
-    return settings_difference({k: v for k, v in recorded.items() if k in expected}, expected)
-
-
-def _read_json(path: Path) -> dict | None:
-    """A JSON object from ``path``, or None when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _finished(fold_dir: Path) -> dict | None:
-    """A fold's test metrics when it finished (``test_metrics.json`` complete), else None."""
-    metrics = _read_json(fold_dir / "test_metrics.json")
-    if metrics is None or not all(m in metrics for m in (*METRICS, "confusion", "classes")):
-        return None
-    return metrics
-
-
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    """libc's ``prctl`` (Linux), looked up once in this process; None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int, prctl: Callable[..., int]) -> None:
-    """``preexec_fn`` of a fold's process: the kernel sends it SIGTERM when ``parent`` dies.
-
-    Ctrl-C and SIGTERM are handled in :func:`_run_child`, but nothing runs in this process when
-    it is killed with SIGKILL (or by the out-of-memory killer): without this the fold's
-    ``train.py`` would go on as an orphan, holding the CPU and its output folder, and a rerun
-    would find the fold locked. ``PR_SET_PDEATHSIG`` is kept by the ``exec`` of ``train.py``;
-    SIGTERM (not SIGKILL) lets it stop its own workers. A parent that died before the call
-    (the child then belongs to another process) is caught by comparing ``getppid``.
-    """
-    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _run_child(command: list[str], log: IO[Any]) -> int:
-    """Run one fold; it goes down with this process, however this process ends.
-
-    Ctrl-C or SIGTERM (turned into ``KeyboardInterrupt`` by the caller) stops the child and
-    waits for it before re-raising; a SIGKILL of this process reaches it through
-    :func:`_die_with_parent`.
-    """
-    prctl = _prctl()
-    preexec = functools.partial(_die_with_parent, os.getpid(), prctl) if prctl else None
-    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
-    try:
-        return child.wait()
-    except BaseException:
-        child.terminate()
-        try:
-            child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        raise
-
-
 def _check_settings(out: Path, settings: dict, wanted: list[int], overwrite: bool) -> None:
     """Refuse to mix results made with other settings into ``out`` (unless ``overwrite``)."""
     if overwrite:
         return
     path = out / CV_SETTINGS
     if path.exists():
-        previous = _read_json(path)
+        previous = read_json(path)
         if previous is None:
             raise CrossValidationError(
                 f"{path}: unreadable, so the settings of the folds in {out} are unknown; "
@@ -392,21 +164,6 @@ def _remove_previous_results(out: Path) -> None:
             removed += 1
     if removed:
         print(f"--overwrite: removed the previous results in {out}", flush=True)
-
-
-def _merge_predictions(out: Path, done: list[int], folds: list[dict]) -> None:
-    """Every fold's ``predictions.csv`` in one ``OUT/predictions.csv`` with a ``fold`` column."""
-    with atomic_open(out / "predictions.csv", newline="") as merged:
-        writer = None
-        for k, metrics in zip(done, folds, strict=True):
-            with open(out / f"fold_{k}" / "predictions.csv", newline="") as fh:
-                reader = csv.reader(fh)
-                header = next(reader)
-                if writer is None:
-                    writer = csv.writer(merged)
-                    writer.writerow(["fold", *header])
-                for row in reader:
-                    writer.writerow([metrics["fold"], *row])
 
 
 def run_cross_validation(
@@ -514,7 +271,7 @@ def _cross_validate(
     failures = []
     for k in wanted:
         fold_dir = out / f"fold_{k}"
-        if _finished(fold_dir) is not None:
+        if finished_fold(fold_dir) is not None:
             print(f"fold {k}/{len(fold_names)} ({fold_names[k - 1]}): finished earlier, kept")
             continue
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -530,8 +287,8 @@ def _cross_validate(
         print(f"fold {k}/{len(fold_names)} ({fold_names[k - 1]}): training ...", flush=True)
         fold_start = time.time()
         with open(fold_dir / "stdout.log", "w") as log:
-            code = _run_child(command, log)
-        metrics = _finished(fold_dir)
+            code = run_child(command, log)
+        metrics = finished_fold(fold_dir)
         if code != 0 or metrics is None:
             failures.append(k)
             print(f"fold {k}: FAILED (exit {code}); see {fold_dir / 'stdout.log'}", file=sys.stderr)
@@ -543,41 +300,12 @@ def _cross_validate(
             flush=True,
         )
 
-    done = [k for k in wanted if _finished(out / f"fold_{k}") is not None]
+    done = [k for k in wanted if finished_fold(out / f"fold_{k}") is not None]
     if not done:
         print("error: no fold finished", file=sys.stderr)
         return 1
-    folds = [_finished(out / f"fold_{k}") for k in done]
-    run_info = _read_json(out / f"fold_{done[0]}" / "run_info.json") or {}
-    classes = folds[0]["classes"]
-    confusion = [
-        [sum(f["confusion"][i][j] for f in folds) for j in range(len(classes))]
-        for i in range(len(classes))
-    ]
-    wall = 0.0
-    for k in done:
-        timing = _read_json(out / f"fold_{k}" / "wall_time.json")
-        if timing is not None:
-            wall += float(timing.get("wall_time_s", 0.0))
-    summary = {
-        "dataset": run_info.get("dataset", "unknown"),
-        "backbone": run_info.get("backbone", "unknown"),
-        "classes": classes,
-        "class_counts": {c: corpus_summary["classes"].get(c, 0) for c in classes},
-        "folds": folds,
-        **mean_std(folds),
-        "confusion": confusion,
-        "hparams": run_info.get("hparams", settings["settings"]),
-        "versions": versions(),
-        "wall_time_s": wall + (time.time() - started if not wall else 0.0),
-    }
-    write_json_atomic(summary, out / "summary.json")
-    _merge_predictions(out, done, folds)
-    plot_confusion(
-        confusion, classes, f"{summary['dataset']} ({len(done)} folds)", out / "confusion.png"
-    )
     command = " ".join(["python cross_validate.py", *argv])
-    write_text_atomic(_report(summary, command), out / "report.md")
+    summary = write_summary(out, done, corpus_summary, settings, started, command)
     mean, std = summary["mean"], summary["std"]
     print(
         f"{summary['dataset']} {len(done)} folds: "

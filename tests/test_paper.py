@@ -26,8 +26,8 @@ import baselines  # noqa: E402
 import paper  # noqa: E402
 import paper_report  # noqa: E402
 
-from qieemo_lobes.cross_validation import cv_settings  # noqa: E402
 from qieemo_lobes.files import save_torch_atomic, write_json_atomic  # noqa: E402
+from qieemo_lobes.fold_runs import cv_settings  # noqa: E402
 from qieemo_lobes.run_settings import resolved_settings  # noqa: E402
 from qieemo_lobes.scratch_encoder import (  # noqa: E402
     ARCHITECTURES,
