@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The default model's robustness: its head on corrupted audio of corpora it was not trained on.
 
-    python benchmarks/default_robustness.py [--work results/loco_study] [--candidate all_blocks]
+    python benchmarks/default_robustness.py [--work results/loco_study]
+        [--candidate all_blocks_mild] [--compare all_blocks]
         [--corpora emodb,ravdess,nemo,emovo,turev] [--clips 80] [--seed 0] [--corruptions LIST]
         [--out benchmarks/results/default_robustness.md]
 
@@ -12,7 +13,9 @@ own; its estimate is the leave-one-corpus-out runs of its head (``tools/train_de
 turn, :func:`robustness.limit`), clean and under every built-in corruption and severity (noise,
 babble of the training corpora's speakers, simulated rooms, telephone, codecs, gain), twice: as
 shipped, and adapted to each condition's clips (``--adapt``: what ``classify --adapt`` does on a
-folder of such recordings; transductive).
+folder of such recordings; transductive). ``--compare`` evaluates other heads' runs the same way,
+on the same clips, for a table of clean against corrupted UA (did training with corrupted copies
+pay off?).
 
 Writes ``--out`` (a summary table: UA clean, per corruption averaged over its severities, and
 averaged over every corrupted condition, for each held-out corpus, plain and adapted; then every
@@ -148,6 +151,45 @@ def summary_table(results: dict, names: dict[str, str] | None = None) -> list[st
     ]
 
 
+def comparison_table(results: dict, names: dict[str, str] | None = None) -> list[str]:
+    """The head against each ``--compare`` head on the same clips: per held-out corpus, UA clean
+    / mean of the corrupted conditions, as shipped (no adaptation), and their means.
+
+    >>> plain = lambda clean, corrupted: {"plain": {"summary": {"clean": clean, "corrupted": corrupted}}}
+    >>> results = {"candidate": "mild", "corpora": {"emovo": plain(50.0, 45.0)},
+    ...            "compared": {"none": {"emovo": plain(52.0, 40.0)}}}
+    >>> comparison_table(results)[2:]
+    ['| `mild` | 50.0 / 45.0 | 50.0 / 45.0 |', '| `none` | 52.0 / 40.0 | 52.0 / 40.0 |']
+    """
+    heads = {results["candidate"]: results["corpora"], **results.get("compared", {})}
+    corpora = list(results["corpora"])
+    lines = [
+        "| head (UA clean / mean of the corrupted conditions, as shipped) | "
+        + " | ".join((names or {}).get(c, NAMES.get(c, c)) for c in corpora)
+        + " | mean |",
+        "|---|" + "---|" * (len(corpora) + 1),
+    ]
+    for head, per_corpus in heads.items():
+        pairs = [
+            (
+                per_corpus[c]["plain"]["summary"]["clean"],
+                per_corpus[c]["plain"]["summary"]["corrupted"],
+            )
+            if "plain" in per_corpus.get(c, {})
+            else None
+            for c in corpora
+        ]
+        cells = [f"{p[0]:.1f} / {p[1]:.1f}" if p else "-" for p in pairs]
+        found = [p for p in pairs if p]
+        mean = (
+            f"{sum(p[0] for p in found) / len(found):.1f} / {sum(p[1] for p in found) / len(found):.1f}"
+            if len(found) == len(corpora)
+            else "-"
+        )
+        lines.append(f"| `{head}` | " + " | ".join(cells) + f" | {mean} |")
+    return lines
+
+
 def condition_table(results: dict) -> list[str]:
     """Every condition: a row each, a column per held-out corpus, cells plain / adapted."""
     corpora = list(results["corpora"])
@@ -185,10 +227,15 @@ def markdown(results: dict, wall: float) -> str:
         f"clips per held-out corpus (classes in turn): {clips}. Babble: speech of the training "
         f"corpora's speakers. Seed {results['seed']}. Each cell: UA as shipped / adapted to each "
         "condition's clips (`classify --adapt`, transductive). A corruption's row is the mean "
-        "over its severities; every condition is in the second table and in the JSON.",
+        "over its severities; every condition is in the last table and in the JSON.",
         "",
         *summary_table(results),
         "",
+        *(
+            ["## Against other heads", "", *comparison_table(results), ""]
+            if "compared" in results
+            else []
+        ),
         "## Every condition",
         "",
         *condition_table(results),
@@ -199,7 +246,10 @@ def markdown(results: dict, wall: float) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=str(REPO / "results" / "loco_study"))
-    parser.add_argument("--candidate", default="all_blocks")
+    parser.add_argument("--candidate", default="all_blocks_mild")
+    parser.add_argument(
+        "--compare", help="other heads (comma-separated), evaluated on the same clips for a table"
+    )
     parser.add_argument("--corpora", default="emodb,ravdess,nemo,emovo,turev")
     parser.add_argument("--clips", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)
@@ -223,47 +273,26 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as err:
         log(str(err))
         return 2
+    except KeyboardInterrupt:
+        log("interrupted; rerun the same command to resume")
+        return 130
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
-    work = Path(args.work)
     corpora = args.corpora.split(",")
-    runs = {corpus: loco_run(work, args.candidate, corpus) for corpus in corpora}
-    results: dict = {"candidate": args.candidate, "seed": args.seed, "corpora": {}}
-    failed, wall = [], 0.0  # wall: seconds of every condition reported, kept ones included
-    store = work / args.candidate / "robustness"
     try:
         wanted = {condition_key(c) for c in robustness.parse_conditions(args.corruptions)[0]}
     except robustness.RobustnessError as err:
         raise BadInput(str(err)) from None
-    for corpus, run in runs.items():
-        test_csv = store / f"{corpus}_{args.clips}_test.csv"
-        try:
-            n_clips = write_test_csv(run, args.clips, test_csv)
-        except TestSetError as err:
-            raise BadInput(str(err)) from None
-        for system in SYSTEMS:
-            out = _store(store, corpus, system, n_clips)
-            log(f"{corpus} ({n_clips} clips), {SYSTEMS[system]} -> {out}")
-            code = evaluate_corpus(run, test_csv, out, system, args)
-            if code == 130:
-                log("interrupted; rerun the same command to resume")
-                return 130
-            if code != 0:
-                failed.append(f"{corpus} {system}: exit status {code}")
-            conditions = _stored(store, corpus, system, n_clips, wanted)
-            if not conditions:
-                continue
-            wall += sum(r.get("seconds", 0.0) for r in conditions)
-            results["corpora"].setdefault(corpus, {})[system] = {
-                "run": str(run),
-                "n_clips": n_clips,
-                "summary": summary(conditions),
-                "conditions": [
-                    {k: r[k] for k in ("corruption", "severity", "label", "wa", "ua", "wf1", "n")}
-                    for r in conditions
-                ],
-            }
+    results: dict = {"candidate": args.candidate, "seed": args.seed}
+    failed: list[str] = []
+    results["corpora"], wall = _evaluate_candidate(args.candidate, corpora, wanted, args, failed)
+    compared = [c for c in (args.compare or "").split(",") if c and c != args.candidate]
+    if compared:
+        results["compared"] = {
+            candidate: _evaluate_candidate(candidate, corpora, wanted, args, failed)[0]
+            for candidate in compared
+        }
     command = "python benchmarks/default_robustness.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
@@ -275,6 +304,49 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     for line in failed:
         log(f"failed: {line}")
     return 1 if failed else 0
+
+
+def _evaluate_candidate(
+    candidate: str, corpora: list[str], wanted: set, args: argparse.Namespace, failed: list[str]
+) -> tuple[dict, float]:
+    """Every held-out corpus of ``candidate``'s runs, as shipped and adapted: ``(per corpus
+    results, wall seconds of the conditions)``; failures are appended to ``failed``.
+
+    Raises KeyboardInterrupt when an evaluation was interrupted (``main`` exits 130).
+    """
+    work = Path(args.work)
+    runs = {corpus: loco_run(work, candidate, corpus) for corpus in corpora}
+    store = work / candidate / "robustness"
+    per_corpus: dict = {}
+    wall = 0.0  # seconds of every condition reported, kept ones included
+    for corpus, run in runs.items():
+        test_csv = store / f"{corpus}_{args.clips}_test.csv"
+        try:
+            n_clips = write_test_csv(run, args.clips, test_csv)
+        except TestSetError as err:
+            raise BadInput(str(err)) from None
+        for system in SYSTEMS:
+            out = _store(store, corpus, system, n_clips)
+            log(f"{candidate}: {corpus} ({n_clips} clips), {SYSTEMS[system]} -> {out}")
+            code = evaluate_corpus(run, test_csv, out, system, args)
+            if code == 130:
+                raise KeyboardInterrupt
+            if code != 0:
+                failed.append(f"{candidate} {corpus} {system}: exit status {code}")
+            conditions = _stored(store, corpus, system, n_clips, wanted)
+            if not conditions:
+                continue
+            wall += sum(r.get("seconds", 0.0) for r in conditions)
+            per_corpus.setdefault(corpus, {})[system] = {
+                "run": str(run),
+                "n_clips": n_clips,
+                "summary": summary(conditions),
+                "conditions": [
+                    {k: r[k] for k in ("corruption", "severity", "label", "wa", "ua", "wf1", "n")}
+                    for r in conditions
+                ],
+            }
+    return per_corpus, wall
 
 
 if __name__ == "__main__":

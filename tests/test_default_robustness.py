@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def work(emodb4, tmp_path) -> Path:  # noqa: F811 (the imported fixture)
 
 def test_plain_and_adapted_tables_json_and_resume(benchmark, work, tmp_path, capsys):
     out = tmp_path / "results" / "default_robustness.md"
-    args = ["--work", str(work), "--corpora", "emodb", "--clips", "12"]
+    args = ["--work", str(work), "--candidate", "all_blocks", "--corpora", "emodb", "--clips", "12"]
     args += ["--corruptions", "white:0,gain:-20", "--out", str(out)]
     assert benchmark.main(args) == 0
     results = json.loads(out.with_suffix(".json").read_text())
@@ -80,3 +81,22 @@ def test_missing_run_and_bad_options_are_one_line(benchmark, work, tmp_path, cap
         benchmark.main(["--work", str(work), "--clips", "5"])
     assert exit_info.value.code == 2
     assert "--clips must be at least 10" in capsys.readouterr().err
+
+
+def test_compare_evaluates_the_other_head_on_the_same_clips(benchmark, work, tmp_path):
+    # The same head under a second candidate's name: same clips, so the same numbers.
+    shutil.copytree(work / "all_blocks", work / "all_blocks_mild")
+    out = tmp_path / "default_robustness.md"
+    args = ["--work", str(work), "--candidate", "all_blocks_mild", "--compare", "all_blocks"]
+    args += ["--corpora", "emodb", "--clips", "12", "--corruptions", "white:0", "--out", str(out)]
+    assert benchmark.main(args) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    shipped = results["corpora"]["emodb"]["plain"]["summary"]
+    other = results["compared"]["all_blocks"]["emodb"]["plain"]["summary"]
+    assert other == shipped and set(shipped) == {"clean", "white", "corrupted"}
+    assert (work / "all_blocks" / "robustness" / "emodb_12.json").is_file()
+    cell = f"{shipped['clean']:.1f} / {shipped['corrupted']:.1f}"
+    table = out.read_text()
+    assert "## Against other heads" in table
+    assert f"| `all_blocks` | {cell} | {cell} |" in table
+    assert f"| `all_blocks_mild` | {cell} | {cell} |" in table
