@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -121,11 +122,11 @@ def _cell(values: dict, key: str) -> str:
     return " / ".join("" if v is None else f"{v:.1f}" for v in cells)
 
 
-def _header(corpora: list[str], names: dict[str, str]) -> list[str]:
-    return [
-        "| condition | " + " | ".join(names.get(c, NAMES[c]) for c in corpora) + " |",
-        "|---|" + "---|" * len(corpora),
-    ]
+def _header(
+    corpora: list[str], names: dict[str, str], first: str = "condition", last: tuple = ()
+) -> list[str]:
+    columns = [first, *(names.get(c, NAMES[c]) for c in corpora), *last]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def summary_table(results: dict, names: dict[str, str] | None = None) -> list[str]:
@@ -163,29 +164,18 @@ def comparison_table(results: dict, names: dict[str, str] | None = None) -> list
     """
     heads = {results["candidate"]: results["corpora"], **results.get("compared", {})}
     corpora = list(results["corpora"])
-    lines = [
-        "| head (UA clean / mean of the corrupted conditions, as shipped) | "
-        + " | ".join((names or {}).get(c, NAMES.get(c, c)) for c in corpora)
-        + " | mean |",
-        "|---|" + "---|" * (len(corpora) + 1),
-    ]
+    first = "head (UA clean / mean of the corrupted conditions, as shipped)"
+    lines = _header(corpora, names or {}, first, ("mean",))
     for head, per_corpus in heads.items():
-        pairs = [
-            (
-                per_corpus[c]["plain"]["summary"]["clean"],
-                per_corpus[c]["plain"]["summary"]["corrupted"],
+        shipped = [per_corpus.get(c, {}).get("plain", {}).get("summary") for c in corpora]
+        cells = [f"{s['clean']:.1f} / {s['corrupted']:.1f}" if s else "-" for s in shipped]
+        if None in shipped:
+            mean = "-"
+        else:
+            clean, corrupted = (
+                statistics.fmean(s[k] for s in shipped) for k in ("clean", "corrupted")
             )
-            if "plain" in per_corpus.get(c, {})
-            else None
-            for c in corpora
-        ]
-        cells = [f"{p[0]:.1f} / {p[1]:.1f}" if p else "-" for p in pairs]
-        found = [p for p in pairs if p]
-        mean = (
-            f"{sum(p[0] for p in found) / len(found):.1f} / {sum(p[1] for p in found) / len(found):.1f}"
-            if len(found) == len(corpora)
-            else "-"
-        )
+            mean = f"{clean:.1f} / {corrupted:.1f}"
         lines.append(f"| `{head}` | " + " | ".join(cells) + f" | {mean} |")
     return lines
 

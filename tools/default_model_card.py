@@ -19,6 +19,8 @@ import cross_corpus  # noqa: E402
 import default_robustness  # noqa: E402
 import loco_study  # noqa: E402
 
+from qieemo_lobes import augmentation  # noqa: E402
+
 CLASSES = list(cross_corpus.CLASSES)
 # Heads compared leave-one-corpus-out (benchmarks/loco_study.py's variants, the same runs when
 # the work folder is the same); the best mean UA is trained on every corpus and shipped.
@@ -267,23 +269,32 @@ def adaptation_table(adapt_json: Path, variant: str, names: dict[str, str]) -> l
 
 
 def augmentation_text(variant: str) -> str:
-    """What the card says about the shipped head's training with corrupted copies.
+    """What the card says about the shipped head's training with corrupted copies (read from the
+    head's overrides in :data:`CANDIDATES`).
 
     >>> augmentation_text("all_blocks")[:48]
     'The model is trained without corrupted copies. I'
+    >>> augmentation_text("all_blocks_mild")[:80]
+    'The model is trained with 2 corrupted copies of every training clip, mild severi'
     """
-    if not any(o.startswith("--augment_copies=") for o in CANDIDATES[variant][1]):
+    settings = dict(o[2:].split("=", 1) for o in CANDIDATES[variant][1] if "=" in o)
+    if int(settings.get("augment_copies", 0)) == 0:
         return (
             "The model is trained without corrupted copies. In the recipes, copies of the mild "
             "severities cost no clean UA over three seeds and raised the corrupted mean on EmoDB "
             "and EMOVO (README, Robustness)."
         )
-    return (
-        "The model is trained with two corrupted copies of every training clip, mild severities "
-        "only (no 5 or 0 dB SNR, no 1 s rooms, no 8 kbps MP3 or 6 kbps Opus: "
+    mild = settings.get("augment_corruptions") == f"[{','.join(augmentation.MILD)}]"
+    which = (
+        "mild severities only (no 5 or 0 dB SNR, no 1 s rooms, no 8 kbps MP3 or 6 kbps Opus: "
         "`qieemo_lobes.augmentation.MILD`); in the recipes these cost no clean UA over three "
-        "seeds (EmoDB -0.1) and raised the corrupted mean on EmoDB and EMOVO (README, "
-        "Robustness). The last table compares it with the same head trained without them."
+        "seeds (EmoDB -0.1) and raised the corrupted mean on EmoDB and EMOVO (README, Robustness)"
+        if mild
+        else f"corruptions {settings.get('augment_corruptions', 'of the whole suite')}"
+    )
+    return (
+        f"The model is trained with {settings['augment_copies']} corrupted copies of every "
+        f"training clip, {which}."
     )
 
 
@@ -308,9 +319,14 @@ def robustness_table(robustness_json: Path, variant: str, names: dict[str, str])
     if results.get("candidate") != variant or not results.get("corpora"):
         command = f"python benchmarks/default_robustness.py --candidate {variant}"
         return [f"(not measured for this head yet: `{command}`)"]
-    compared = (
-        ["", *default_robustness.comparison_table(results, names)] if "compared" in results else []
-    )
+    compared = []
+    if "compared" in results:
+        compared = [
+            "",
+            "The same leave-one-corpus-out protocol and clips for other heads (`--compare`):",
+            "",
+            *default_robustness.comparison_table(results, names),
+        ]
     return [
         *default_robustness.summary_table(results, names),
         *compared,
