@@ -274,13 +274,18 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         wanted = {condition_key(c) for c in robustness.parse_conditions(args.corruptions)[0]}
     except robustness.RobustnessError as err:
         raise BadInput(str(err)) from None
+    compared = [c for c in (args.compare or "").split(",") if c and c != args.candidate]
+    work = Path(args.work)
+    runs = {  # every head's runs found before anything is evaluated: a missing one is refused now
+        candidate: {corpus: loco_run(work, candidate, corpus) for corpus in corpora}
+        for candidate in (args.candidate, *compared)
+    }
     results: dict = {"candidate": args.candidate, "seed": args.seed}
     failed: list[str] = []
-    results["corpora"], wall = _evaluate_candidate(args.candidate, corpora, wanted, args, failed)
-    compared = [c for c in (args.compare or "").split(",") if c and c != args.candidate]
+    results["corpora"], wall = _evaluate_candidate(args.candidate, runs, wanted, args, failed)
     if compared:
         results["compared"] = {
-            candidate: _evaluate_candidate(candidate, corpora, wanted, args, failed)[0]
+            candidate: _evaluate_candidate(candidate, runs, wanted, args, failed)[0]
             for candidate in compared
         }
     command = "python benchmarks/default_robustness.py " + " ".join(
@@ -297,19 +302,18 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
 
 
 def _evaluate_candidate(
-    candidate: str, corpora: list[str], wanted: set, args: argparse.Namespace, failed: list[str]
+    candidate: str, runs: dict, wanted: set, args: argparse.Namespace, failed: list[str]
 ) -> tuple[dict, float]:
-    """Every held-out corpus of ``candidate``'s runs, as shipped and adapted: ``(per corpus
-    results, wall seconds of the conditions)``; failures are appended to ``failed``.
+    """Every held-out corpus of ``candidate``'s runs (``runs[candidate]``: corpus -> run), as
+    shipped and adapted: ``(per corpus results, wall seconds of the conditions)``; failures are
+    appended to ``failed``.
 
     Raises KeyboardInterrupt when an evaluation was interrupted (``main`` exits 130).
     """
-    work = Path(args.work)
-    runs = {corpus: loco_run(work, candidate, corpus) for corpus in corpora}
-    store = work / candidate / "robustness"
+    store = Path(args.work) / candidate / "robustness"
     per_corpus: dict = {}
     wall = 0.0  # seconds of every condition reported, kept ones included
-    for corpus, run in runs.items():
+    for corpus, run in runs[candidate].items():
         test_csv = store / f"{corpus}_{args.clips}_test.csv"
         try:
             n_clips = write_test_csv(run, args.clips, test_csv)

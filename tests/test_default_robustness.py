@@ -100,3 +100,15 @@ def test_compare_evaluates_the_other_head_on_the_same_clips(benchmark, work, tmp
     assert "## Against other heads" in table
     assert f"| `all_blocks` | {cell} | {cell} |" in table
     assert f"| `all_blocks_mild` | {cell} | {cell} |" in table
+
+
+def test_a_missing_compared_head_is_refused_before_anything_is_evaluated(
+    benchmark, work, tmp_path, capsys
+):
+    out = tmp_path / "default_robustness.md"
+    args = ["--work", str(work), "--candidate", "all_blocks", "--compare", "nosuch"]
+    args += ["--corpora", "emodb", "--clips", "12", "--corruptions", "white:0", "--out", str(out)]
+    assert benchmark.main(args) == 2
+    err = stderr_lines(capsys)
+    assert len(err) == 1 and "nosuch/qieemo: 0 finished runs holding emodb out" in err[0], err
+    assert not (work / "all_blocks" / "robustness").exists() and not out.exists()
