@@ -4,16 +4,15 @@
 :func:`write_outputs` writes the report (rendered by :func:`render_markdown` from the results of
 :func:`paper_analysis.analyse`: header, one section per part of the study, the verdict table),
 the results as JSON and the two figures of ``paper_figures.py`` beside it; :func:`read_json`
-reads the JSON files the runs leave. The statistics are in ``paper_stats.py``, the analysis in
-``paper_analysis.py``; their public names are re-exported here.
+(``qieemo_lobes.fold_runs``'s, re-exported) reads the JSON files the runs leave. The statistics
+are in ``paper_stats.py``, the analysis in ``paper_analysis.py``; their public names are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 from paper_analysis import (  # noqa: F401  (re-exported)
     CLAIMS,
@@ -44,6 +43,7 @@ from paper_stats import (  # noqa: F401  (re-exported)
 )
 
 from qieemo_lobes.files import write_json_atomic, write_text_atomic
+from qieemo_lobes.fold_runs import read_json  # noqa: F401  (re-exported: the runs' JSON files)
 from qieemo_lobes.stats import unweighted_accuracy  # noqa: F401  (re-exported)
 
 # The doctests of the moved rules run with this module's (``doctest.testmod(paper_report)``).
@@ -57,15 +57,6 @@ SYSTEM_TEXT = {
     "from_scratch": "full system, random-weight encoder (frozen)",
     "from_scratch_trained": "full system, random-weight encoder trained with the head",
 }
-
-
-def read_json(path: Path) -> Any:
-    """A JSON object from ``path``; None when missing or unreadable."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # --------------------------------------------------------------------------------------------------
