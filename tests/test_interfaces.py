@@ -425,10 +425,12 @@ HF_ENCODER = "qieemo_lobes.encoders.WhisperBlocks"
 )
 def test_export_uses_torch_whisper_blocks_where_it_stands_in(arguments, expected):
     """Offline aliases get TorchWhisperBlocks; anything it cannot load keeps WhisperBlocks."""
-    from qieemo_lobes.export import _dump, _inference_encoder, _yaml
+    from qieemo_lobes.export_files import dump_node, inference_encoder, round_trip_yaml
 
-    node = _yaml().load("\n".join([f"encoder: !new:{HF_ENCODER}", *(f"  {a}" for a in arguments)]))
-    encoder = _inference_encoder(node["encoder"])
+    node = round_trip_yaml().load(
+        "\n".join([f"encoder: !new:{HF_ENCODER}", *(f"  {a}" for a in arguments)])
+    )
+    encoder = inference_encoder(node["encoder"])
     assert encoder.tag.value == f"!new:{expected}"
     assert encoder["freeze"] is True and not {"unfreeze_top", "save_path"} & set(encoder)
-    assert _dump("encoder", encoder).startswith(f"encoder: !new:{expected}\n")
+    assert dump_node("encoder", encoder).startswith(f"encoder: !new:{expected}\n")
