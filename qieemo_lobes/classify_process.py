@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from types import ModuleType
 
 __all__ = [
@@ -77,7 +78,8 @@ def idle_cores() -> int:
     cannot be read the 1-minute load average. The load average lags both ways: right after
     another process ends (the previous ``classify``, say) it still counts it for a minute, and a
     run that followed another one took 1 ONNX thread on 2 idle cores (real-time factor 0.026
-    instead of 0.018); a job started seconds ago is not counted yet.
+    instead of 0.015, ``benchmarks/results/classify_speed.md``); a job started seconds ago is not
+    counted yet.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     busy = running_elsewhere()
@@ -97,8 +99,6 @@ def running_elsewhere(samples: int = 3, interval_s: float = 0.002) -> int | None
     >>> count is None or count >= 0
     True
     """
-    import time
-
     seen = []
     for i in range(samples):
         if i:
