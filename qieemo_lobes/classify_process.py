@@ -77,9 +77,9 @@ def idle_cores() -> int:
     Busy cores are the other processes running now (:func:`running_elsewhere`), or where that
     cannot be read the 1-minute load average. The load average lags both ways: right after
     another process ends (the previous ``classify``, say) it still counts it for a minute, and a
-    run that followed another one took 1 ONNX thread on 2 idle cores (real-time factor 0.026
-    instead of 0.015, ``benchmarks/results/classify_speed.md``); a job started seconds ago is not
-    counted yet.
+    run that followed another one took 1 ONNX thread on 2 idle cores (real-time factor 0.026 in a
+    scratch run, instead of 0.015 in ``benchmarks/results/classify_speed.md``); a job started
+    seconds ago is not counted yet.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     busy = running_elsewhere()
