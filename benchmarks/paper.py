@@ -54,7 +54,10 @@ days and about 9 GB of checkpoints: use it on a GPU (``--device cuda:0``).
 
 Finished work is reused: a run whose recorded settings are the ones planned and whose folds are
 finished is not launched again; an unfinished one is resumed by ``cross_validate.py`` itself
-(finished folds kept). ``--report-only`` trains and encodes nothing: it rebuilds the report from
+(finished folds kept). Each finished cross-validation is also kept, compact, in ``--archive``
+(:mod:`paper_archive`; committed beside the report): a run the archive holds with the planned
+settings is not launched again, and the report reads it there when its folder is gone (a fresh
+checkout); ``--max-folds`` runs are not archived. ``--report-only`` trains and encodes nothing: it rebuilds the report from
 the finished runs and the cached features. ``--max-folds N`` runs only folds 1..N of each corpus
 (quick runs; the report says so). Progress goes to stdout; bad arguments are one line on stderr
 (exit status 2); a failed run is reported at the end (exit status 1) after the others ran;
@@ -79,6 +82,7 @@ import baselines  # noqa: E402
 import lexical_corpus  # noqa: E402
 import paper_report  # noqa: E402
 from accuracy import CORPORA  # noqa: E402  (corpus -> recipe folder, folder under --data)
+from paper_archive import archive_path, load_run, save_run  # noqa: E402
 
 # The study's parts, re-exported: ``paper.X`` stays the name of each (tests patch ``launch`` and
 # ``make_lexical_corpus`` here, which is where :func:`execute` and :func:`_main` look them up).
@@ -91,6 +95,7 @@ from paper_plan import (  # noqa: E402, F401
     SCRATCH_SEED,
     SCRATCH_SOURCE,
     _last_line,
+    archived_finished,
     block_set_name,
     cached_json,
     cv_finished,
@@ -198,6 +203,11 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--cache", help="the feature cache (default WORK/feature_cache)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "paper_report.md"))
     parser.add_argument("--json", help="the results (default paper_results.json beside --out)")
+    parser.add_argument(
+        "--archive",
+        default=str(REPO / "benchmarks" / "results" / "paper_runs"),
+        help="compact copies of the finished runs (default benchmarks/results/paper_runs)",
+    )
     parser.add_argument("--seeds", default=",".join(str(s) for s in SEEDS))
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument(
@@ -275,6 +285,17 @@ def execute(
     print(f"paper: {label}: done ({time.time() - start:.0f} s)", flush=True)
 
 
+def run_or_archived(folder: Path, kept: Path, folds: list[int], keep: bool) -> dict:
+    """The run in ``folder`` (:func:`read_run`), archived at ``kept`` when finished and
+    ``keep``; when the folder holds no finished run, the archived copy if there is one."""
+    run = read_run(folder, folds)
+    if run["status"] == "done":
+        if keep:
+            save_run(kept, run)
+        return run
+    return load_run(kept, folds) or run
+
+
 # --------------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------------
@@ -317,6 +338,7 @@ def _main(argv: list[str]) -> int:
     data = Path(args.data).resolve()
     out = Path(args.out)
     json_path = Path(args.json) if args.json else out.with_name("paper_results.json")
+    archive = Path(args.archive)
     running = not args.report_only
     sections = set(args.sections)
 
@@ -364,6 +386,7 @@ def _main(argv: list[str]) -> int:
                 if not running or section_of(system) not in sections:
                     continue
                 label = f"[{corpus}] {system} seed {seed}"
+                kept = archive_path(archive, corpus, system, seed)
                 probe = probes.get(corpus)
                 block = probe.get("chosen_block") if probe else None
                 overrides = system_overrides(system, block, args.scratch_epochs)
@@ -387,9 +410,13 @@ def _main(argv: list[str]) -> int:
                     arguments,
                     folder,
                     folder.with_suffix(".log"),
-                    lambda f=folder, a=arguments, c=corpus: cv_finished(f, a, wanted[c]),
+                    lambda f=folder, a=arguments, c=corpus, k=kept: (
+                        cv_finished(f, a, wanted[c]) or archived_finished(k, a, wanted[c])
+                    ),
                     failures,
                 )
+                # archived as soon as it is finished: an interrupted study loses no finished run
+                run_or_archived(folder, kept, wanted[corpus], keep=not args.max_folds)
 
     for corpus in args.corpora:  # the random encoder's blocks, when its features are cached
         scratch_probes[corpus] = None
@@ -456,7 +483,15 @@ def _main(argv: list[str]) -> int:
     # 5. Analysis and report.
     runs = {
         corpus: {
-            system: {seed: read_run(folder, wanted[corpus]) for seed, folder in by_seed.items()}
+            system: {
+                seed: run_or_archived(
+                    folder,
+                    archive_path(archive, corpus, system, seed),
+                    wanted[corpus],
+                    keep=not args.max_folds,
+                )
+                for seed, folder in by_seed.items()
+            }
             for system, by_seed in systems.items()
         }
         for corpus, systems in planned.items()

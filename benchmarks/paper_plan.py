@@ -193,14 +193,11 @@ def _last_line(path: Path) -> str:
     return (errors or [line for line in lines if line] or [""])[-1]
 
 
-def cv_finished(out: Path, arguments: Sequence[str], folds: list[int]) -> bool:
-    """Whether the cross-validation in ``out`` holds every fold of ``folds``, finished with the
-    settings ``arguments`` give (then it is not launched again)."""
-    from qieemo_lobes.fold_runs import cv_settings, cv_settings_difference, finished_fold
+def planned_settings(arguments: Sequence[str]) -> dict | None:
+    """What ``cv_settings.json`` will record for a run of ``arguments`` (:func:`run_arguments`),
+    or None when the recipe's settings cannot be resolved."""
+    from qieemo_lobes.fold_runs import cv_settings
 
-    recorded = paper_report.read_json(out / "cv_settings.json")
-    if recorded is None or any(finished_fold(out / f"fold_{k}") is None for k in folds):
-        return False
     hparams, rest = arguments[0], list(arguments[1:])
     named = dict(a[2:].split("=", 1) for a in rest if a.startswith("--") and "=" in a)
     overrides = [
@@ -209,9 +206,34 @@ def cv_finished(out: Path, arguments: Sequence[str], folds: list[int]) -> bool:
         if a.split("=", 1)[0] not in ("--data_folder", "--output_folder", "--folds", "--device")
     ]
     try:
-        wanted = cv_settings(hparams, overrides, named["data_folder"])
+        return cv_settings(hparams, overrides, named["data_folder"])
     except (ValueError, KeyError, OSError):
+        return None
+
+
+def cv_finished(out: Path, arguments: Sequence[str], folds: list[int]) -> bool:
+    """Whether the cross-validation in ``out`` holds every fold of ``folds``, finished with the
+    settings ``arguments`` give (then it is not launched again)."""
+    from qieemo_lobes.fold_runs import cv_settings_difference, finished_fold
+
+    recorded = paper_report.read_json(out / "cv_settings.json")
+    if recorded is None or any(finished_fold(out / f"fold_{k}") is None for k in folds):
         return False
+    wanted = planned_settings(arguments)
+    return wanted is not None and not cv_settings_difference(recorded, wanted)
+
+
+def archived_finished(path: Path, arguments: Sequence[str], folds: list[int]) -> bool:
+    """Whether the archive (:mod:`paper_archive`) holds the run of ``arguments`` with every fold
+    of ``folds``, trained with the settings ``arguments`` give (wherever its data were)."""
+    from paper_archive import load_run
+
+    from qieemo_lobes.fold_runs import cv_settings_difference
+
+    kept, wanted = load_run(path, folds), planned_settings(arguments)
+    if kept is None or wanted is None:
+        return False
+    recorded = {"data_folder": wanted["data_folder"], "settings": kept["settings"]}
     return not cv_settings_difference(recorded, wanted)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import doctest
+import gzip
 import json
+import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -233,7 +235,8 @@ def study(data, cache, tmp_path, monkeypatch):
     work, out = tmp_path / "work", tmp_path / "results" / "paper_report.md"
     common = ["--corpora", "emodb", "--data", str(data), "--work", str(work)]
     common += ["--cache", str(cache), "--out", str(out), "--seeds", SEEDS, "--n-boot", "500"]
-    return SimpleNamespace(fake=fake, work=work, out=out, json=out.with_name("paper_results.json"), common=common)  # fmt: skip
+    common += ["--archive", str(tmp_path / "archive")]
+    return SimpleNamespace(fake=fake, work=work, out=out, json=out.with_name("paper_results.json"), archive=tmp_path / "archive", common=common)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +315,28 @@ def test_study_writes_the_report_resumes_and_regenerates(study, capsys):
     assert paper.main([*study.common, "--report-only"]) == 0
     assert study.fake.calls == []
     assert (study.out.read_text(), study.json.read_text()) == first
+
+    # Every finished cross-validation is archived; on a fresh checkout (the run folders gone)
+    # the study trains nothing the archive holds and the report keeps every run's numbers.
+    kept = sorted(p.name for p in (study.archive / "emodb").iterdir())
+    assert len(kept) == 21 and "full_seed1986.json.gz" in kept
+    for run in study.work.glob("emodb/*_seed*"):
+        if run.is_dir():
+            shutil.rmtree(run)
+    assert paper.main([*study.common, "--sections", "probe,ablations,scratch"]) == 0
+    assert study.fake.calls == []
+    again = json.loads(study.json.read_text())["corpora"]["emodb"]["systems"]
+    before = json.loads(first[1])["corpora"]["emodb"]["systems"]
+    for name, system in before.items():
+        assert again[name]["seeds_done"] == system["seeds_done"]
+        assert again[name]["ua_folds"] == pytest.approx(system["ua_folds"])
+        assert again[name]["ua_ensemble"] == pytest.approx(system["ua_ensemble"], abs=0.05)
+    # an archived run whose settings are not the planned ones is trained again
+    (study.archive / "emodb" / "full_seed1986.json.gz").write_bytes(
+        gzip.compress(b'{"settings": {"use_cma": false}, "folds": {}}')
+    )
+    assert paper.main([*study.common, "--sections", "ablations"]) == 0
+    assert [Path(n["output_folder"]).name for _, n in study.fake.calls] == ["full_seed1986"]
 
 
 def test_max_folds_failures_and_missing_runs(study, capsys):
