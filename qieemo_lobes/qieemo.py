@@ -4,9 +4,9 @@ Qieemo (arXiv 2503.22687) reads emotion from a frozen, pretrained ASR encoder. I
 blocks carry the acoustic (emotion) information and its final output, the phonetic posteriorgram
 (PPG), carries the text. The stage-2 model trained on top of the encoder is built here:
 
-1. :class:`MultiBlockFusion` (MMF) weights the chosen encoder blocks, stacks them as channels and
+1. :class:`MultiBlockFusion` (MMF, :mod:`qieemo_lobes.multi_block_fusion`) weights the chosen encoder blocks, stacks them as channels and
    merges them with a 2-D convolution into one emotion feature sequence.
-2. :class:`CrossModalAttention` (CMA) lets the emotion features (queries) attend to the PPG
+2. :class:`CrossModalAttention` (CMA, :mod:`qieemo_lobes.cross_modal_attention`) lets the emotion features (queries) attend to the PPG
    (keys and values).
 3. Pooling over time (masked mean, or SpeechBrain's attentive statistics pooling from ECAPA-TDNN).
 4. A linear or small MLP classifier returning logits.
@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
-from speechbrain.nnet.attention import PositionalwiseFeedForward
 from torch import nn
-from torch.nn import functional as F
 
+from qieemo_lobes.cross_modal_attention import CrossModalAttention
 from qieemo_lobes.encoders import length_mask
+from qieemo_lobes.multi_block_fusion import MultiBlockFusion
 
 __all__ = [
     "length_mask",
@@ -40,227 +40,6 @@ __all__ = [
     "MeanPooling",
     "QieemoHead",
 ]
-
-
-class MultiBlockFusion(nn.Module):
-    """Multi-block fusion (MMF): merges chosen encoder blocks into one emotion feature sequence.
-
-    The selected blocks are scaled by learned, softmax-normalised weights (initially equal),
-    stacked as the channels of an image ``(batch, n_selected, time, dim)`` and merged to a single
-    channel by a ``Conv2d`` whose padding keeps ``time`` and ``dim``. LayerNorm over ``dim``, a
-    non-linearity, dropout and a linear projection ``dim -> output_dim`` follow. Padded frames are
-    zeroed before the convolution so that they cannot leak into valid frames.
-
-    Arguments
-    ---------
-    input_dim : int
-        Feature size ``dim`` of each encoder block.
-    output_dim : int
-        Size of the emotion features returned.
-    blocks : list of int
-        1-based ids of the encoder blocks to fuse (block ``k`` is ``blocks[k - 1]``).
-    kernel_size : int or tuple of int
-        Kernel of the merging convolution over ``(time, dim)``; odd sizes only.
-    dropout : float
-        Dropout before the output projection.
-    activation : type
-        Class of the non-linearity after the LayerNorm.
-
-    Example
-    -------
-    >>> mmf = MultiBlockFusion(input_dim=16, output_dim=8, blocks=[2, 4])
-    >>> blocks = torch.randn(4, 3, 10, 16)
-    >>> mmf(blocks, torch.tensor([1.0, 0.6, 0.3])).shape
-    torch.Size([3, 10, 8])
-    >>> mmf.block_weights().tolist()
-    [0.5, 0.5]
-    """
-
-    def __init__(
-        self,
-        input_dim: int,
-        output_dim: int,
-        blocks: list[int],
-        kernel_size: int | tuple[int, int] = (3, 3),
-        dropout: float = 0.1,
-        activation: type[nn.Module] = nn.GELU,
-    ) -> None:
-        super().__init__()
-        blocks = [int(b) for b in blocks]
-        if not blocks or min(blocks) < 1 or len(set(blocks)) != len(blocks):
-            raise ValueError(f"blocks must be distinct 1-based block ids, got {blocks}")
-        if isinstance(kernel_size, int):
-            kernel_size = (kernel_size, kernel_size)
-        kernel_size = tuple(int(k) for k in kernel_size)
-        if len(kernel_size) != 2 or any(k % 2 == 0 for k in kernel_size):
-            raise ValueError(f"kernel_size must be two odd sizes, got {kernel_size}")
-        self.blocks = blocks
-        self.register_buffer("block_index", torch.tensor(blocks) - 1, persistent=False)
-        # Zero logits: the softmax starts with equal weights.
-        self.block_logits = nn.Parameter(torch.zeros(len(blocks)))
-        self.conv = nn.Conv2d(
-            len(blocks), 1, kernel_size, padding=(kernel_size[0] // 2, kernel_size[1] // 2)
-        )
-        self.norm = nn.LayerNorm(input_dim)
-        self.activation = activation()
-        self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(input_dim, output_dim)
-
-    def block_weights(self) -> torch.Tensor:
-        """Returns the softmax-normalised weights of the selected blocks, shape ``(n_selected,)``."""
-        return torch.softmax(self.block_logits, dim=0)
-
-    def forward(self, blocks: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Fuses the selected blocks.
-
-        Arguments
-        ---------
-        blocks : torch.Tensor
-            All encoder block outputs, shape ``(n_blocks, batch, time, input_dim)``.
-        lengths : torch.Tensor or None
-            Relative lengths, shape ``(batch,)``.
-
-        Returns
-        -------
-        features : torch.Tensor
-            Emotion features, shape ``(batch, time, output_dim)``.
-        """
-        if max(self.blocks) > blocks.shape[0]:
-            raise ValueError(
-                f"MultiBlockFusion selects blocks {self.blocks} but got {blocks.shape[0]} blocks"
-            )
-        return self.fuse(blocks.index_select(0, self.block_index), lengths)
-
-    def fuse(self, selected: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Fuses blocks already selected: ``selected`` is ``(n_selected, batch, time, input_dim)``,
-        holding the blocks of ``self.blocks`` in that order; returns ``(batch, time, output_dim)``.
-        """
-        _, batch, time, _ = selected.shape
-        x = selected
-        if lengths is not None:
-            x = x.masked_fill(~length_mask(lengths, time).view(1, batch, time, 1), 0.0)
-        # (B, C, T, D) in channels-last layout: 2-4x faster convolution on CPU here.
-        x = x.transpose(0, 1).contiguous(memory_format=torch.channels_last)
-        # Scaling block c by w_c before the (linear) convolution equals scaling the kernel's
-        # input channel c by w_c; done on the kernel, the frozen blocks need no gradient.
-        weight = self.conv.weight * self.block_weights().view(1, -1, 1, 1)
-        x = F.conv2d(x, weight, self.conv.bias, padding=self.conv.padding).squeeze(1)  # (B, T, D)
-        x = self.dropout(self.activation(self.norm(x)))
-        return self.proj(x)
-
-
-class CrossModalAttention(nn.Module):
-    """Cross-modal attention (CMA): emotion features query the PPG.
-
-    Each layer is a pre-norm transformer decoder layer without self-attention whose two residual
-    branches are gated by ``tanh(gate)`` with the gates initialised to zero, as in Flamingo's gated
-    cross-attention (Alayrac et al., 2022)::
-
-        x = x + tanh(g_attn) * Dropout(MHA(LayerNorm(x), ppg, ppg))
-        x = x + tanh(g_ffn) * Dropout(FFN(LayerNorm(x)))
-
-    At initialisation the layer is the identity, so training starts from the emotion features
-    alone and opens the gates only as far as the PPG helps: with a few hundred training
-    utterances, an ungated post-norm layer let the PPG swamp the emotion features in some folds.
-    Keys and values are projected from ``kv_dim`` by ``nn.MultiheadAttention``'s own
-    in-projection; the feed-forward network is SpeechBrain's ``PositionalwiseFeedForward``.
-    Padded PPG frames are excluded with ``key_padding_mask``; padded query frames are computed
-    but must be masked by whatever pools the output.
-
-    Arguments
-    ---------
-    query_dim : int
-        Size of the emotion features (queries); projected to ``d_model`` when different.
-    kv_dim : int
-        Size of the PPG frames (keys and values).
-    d_model : int
-        Attention size, also the size of the output.
-    nhead : int
-        Number of attention heads.
-    num_layers : int
-        Number of stacked cross-attention layers.
-    d_ffn : int
-        Hidden size of the position-wise feed-forward network.
-    dropout : float
-        Dropout on the attention weights and on both residual branches.
-    activation : type
-        Class of the feed-forward non-linearity.
-
-    Example
-    -------
-    >>> cma = CrossModalAttention(query_dim=8, kv_dim=6, d_model=16, nhead=2, num_layers=2,
-    ...                           d_ffn=32)
-    >>> cma(torch.randn(3, 10, 8), torch.randn(3, 10, 6), torch.tensor([1.0, 0.5, 0.2])).shape
-    torch.Size([3, 10, 16])
-    """
-
-    def __init__(
-        self,
-        query_dim: int,
-        kv_dim: int,
-        d_model: int = 256,
-        nhead: int = 4,
-        num_layers: int = 1,
-        d_ffn: int = 512,
-        dropout: float = 0.1,
-        activation: type[nn.Module] = nn.GELU,
-    ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        self.query_proj = nn.Identity() if query_dim == d_model else nn.Linear(query_dim, d_model)
-        self.attn = nn.ModuleList(
-            nn.MultiheadAttention(
-                d_model, nhead, dropout=dropout, kdim=kv_dim, vdim=kv_dim, batch_first=True
-            )
-            for _ in range(num_layers)
-        )
-        self.attn_norm = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_layers))
-        self.attn_gate = nn.Parameter(torch.zeros(num_layers))
-        self.ffn = nn.ModuleList(
-            PositionalwiseFeedForward(
-                d_ffn, input_size=d_model, dropout=dropout, activation=activation
-            )
-            for _ in range(num_layers)
-        )
-        self.ffn_norm = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_layers))
-        self.ffn_gate = nn.Parameter(torch.zeros(num_layers))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(
-        self, query: torch.Tensor, ppg: torch.Tensor, lengths: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Attends from the emotion features to the PPG.
-
-        Arguments
-        ---------
-        query : torch.Tensor
-            Emotion features, shape ``(batch, time, query_dim)``.
-        ppg : torch.Tensor
-            PPG, shape ``(batch, time_kv, kv_dim)``.
-        lengths : torch.Tensor or None
-            Relative lengths of the PPG, shape ``(batch,)``.
-
-        Returns
-        -------
-        output : torch.Tensor
-            Shape ``(batch, time, d_model)``.
-        """
-        padding = None
-        if lengths is not None:
-            padding = ~length_mask(lengths, ppg.shape[1])
-            # Zero padded frames: masked keys get zero attention, but 0 * inf would still be NaN.
-            ppg = ppg.masked_fill(padding.unsqueeze(-1), 0.0)
-        x = self.query_proj(query)
-        attn_gates, ffn_gates = torch.tanh(self.attn_gate), torch.tanh(self.ffn_gate)
-        for i, (attn, attn_norm, ffn, ffn_norm) in enumerate(
-            zip(self.attn, self.attn_norm, self.ffn, self.ffn_norm, strict=True)
-        ):
-            q = attn_norm(x)
-            context, _ = attn(q, ppg, ppg, key_padding_mask=padding, need_weights=False)
-            x = x + attn_gates[i] * self.dropout(context)
-            x = x + ffn_gates[i] * self.dropout(ffn(ffn_norm(x)))
-        return x
 
 
 class MeanPooling(nn.Module):
