@@ -316,7 +316,8 @@ def plan_inputs(paths: list[str]) -> list[FileResult | tuple[str, float]]:
     First the arguments that matched nothing, then the files in the order given (folders and
     globs expanded in sorted order; :func:`qieemo_lobes.audio.find_audio`).
     """
-    from qieemo_lobes.audio import AudioError, find_audio, open_info
+    from qieemo_lobes.audio import AudioError, find_audio
+    from qieemo_lobes.audio_decode import open_info
 
     files, errors = find_audio(paths)
     plan: list[FileResult | tuple[str, float]] = [
