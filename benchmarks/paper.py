@@ -57,7 +57,8 @@ finished is not launched again; an unfinished one is resumed by ``cross_validate
 (finished folds kept). Each finished cross-validation is also kept, compact, in ``--archive``
 (:mod:`paper_archive`; committed beside the report): a run the archive holds with the planned
 settings is not launched again, and the report reads it there when its folder is gone (a fresh
-checkout); ``--max-folds`` runs are not archived. ``--report-only`` trains and encodes nothing: it rebuilds the report from
+checkout). A run is archived when this command finds it finished with the planned settings (not
+with ``--report-only``, and not ``--max-folds`` runs). ``--report-only`` trains and encodes nothing: it rebuilds the report from
 the finished runs and the cached features. ``--max-folds N`` runs only folds 1..N of each corpus
 (quick runs; the report says so). Progress goes to stdout; bad arguments are one line on stderr
 (exit status 2); a failed run is reported at the end (exit status 1) after the others ran;
@@ -285,13 +286,11 @@ def execute(
     print(f"paper: {label}: done ({time.time() - start:.0f} s)", flush=True)
 
 
-def run_or_archived(folder: Path, kept: Path, folds: list[int], keep: bool) -> dict:
-    """The run in ``folder`` (:func:`read_run`), archived at ``kept`` when finished and
-    ``keep``; when the folder holds no finished run, the archived copy if there is one."""
+def run_or_archived(folder: Path, kept: Path, folds: list[int]) -> dict:
+    """The run in ``folder`` (:func:`read_run`); when the folder holds no finished run, its
+    archived copy at ``kept`` if there is one."""
     run = read_run(folder, folds)
     if run["status"] == "done":
-        if keep:
-            save_run(kept, run)
         return run
     return load_run(kept, folds) or run
 
@@ -416,7 +415,8 @@ def _main(argv: list[str]) -> int:
                     failures,
                 )
                 # archived as soon as it is finished: an interrupted study loses no finished run
-                run_or_archived(folder, kept, wanted[corpus], keep=not args.max_folds)
+                if not args.max_folds and cv_finished(folder, arguments, wanted[corpus]):
+                    save_run(kept, read_run(folder, wanted[corpus]))
 
     for corpus in args.corpora:  # the random encoder's blocks, when its features are cached
         scratch_probes[corpus] = None
@@ -485,10 +485,7 @@ def _main(argv: list[str]) -> int:
         corpus: {
             system: {
                 seed: run_or_archived(
-                    folder,
-                    archive_path(archive, corpus, system, seed),
-                    wanted[corpus],
-                    keep=not args.max_folds,
+                    folder, archive_path(archive, corpus, system, seed), wanted[corpus]
                 )
                 for seed, folder in by_seed.items()
             }

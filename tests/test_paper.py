@@ -370,6 +370,7 @@ def test_max_folds_failures_and_missing_runs(study, capsys):
     study.fake.calls.clear()
     assert paper.main(argv) == 0
     assert [Path(n["output_folder"]).name for _, n in study.fake.calls] == ["no_cma_seed1986"]
+    assert not list(study.archive.rglob("*.json.gz"))  # runs of some folds only: not archived
 
 
 def test_interrupt_is_one_line(study, capsys):
