@@ -5,7 +5,8 @@
         [--data ../shared/data] [--work results/paper] [--cache WORK/feature_cache] \\
         [--out benchmarks/results/paper_report.md] [--seeds 1986,1987,1988] \\
         [--sections probe,ablations,scratch,ppg,verdicts] [--block-sets "2,3,4;1,2,3,4,5,6"] \\
-        [--max-folds N] [--scratch-trained] [--device cuda:0] [--report-only]
+        [--systems full,no_cma,...] [--max-folds N] [--scratch-trained] [--device cuda:0] \
+        [--report-only]
 
 plans every run, runs what is missing (resumable), analyses and writes ``--out`` (the report),
 ``paper_results.json`` beside it (every number of the report; ``--json`` moves it) and two PNGs
@@ -60,7 +61,9 @@ settings is not launched again, and the report reads it there when its folder is
 checkout). A run is archived when this command finds it finished with the planned settings (not
 with ``--report-only``, and not ``--max-folds`` runs). ``--report-only`` trains and encodes nothing: it rebuilds the report from
 the finished runs and the cached features. ``--max-folds N`` runs only folds 1..N of each corpus
-(quick runs; the report says so). Progress goes to stdout; bad arguments are one line on stderr
+(quick runs; the report says so). ``--systems`` runs only the systems it names (the report
+still covers every planned one): two commands with disjoint systems share the work folder, the
+feature cache and the archive, so they can run side by side. Progress goes to stdout; bad arguments are one line on stderr
 (exit status 2); a failed run is reported at the end (exit status 1) after the others ran;
 Ctrl-C stops the running fold and exits with status 130.
 """
@@ -83,7 +86,7 @@ import baselines  # noqa: E402
 import lexical_corpus  # noqa: E402
 import paper_report  # noqa: E402
 from accuracy import CORPORA  # noqa: E402  (corpus -> recipe folder, folder under --data)
-from paper_archive import archive_path, load_run, save_run  # noqa: E402
+from paper_archive import archive_path, load_run, probe_archive_path, save_run  # noqa: E402
 
 # The study's parts, re-exported: ``paper.X`` stays the name of each (tests patch ``launch`` and
 # ``make_lexical_corpus`` here, which is where :func:`execute` and :func:`_main` look them up).
@@ -216,6 +219,9 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         default=";".join(",".join(str(b) for b in s) for s in DEFAULT_BLOCK_SETS),
         help="MMF block sets of the ablations, ';'-separated (default 2,3,4;1,2,3,4,5,6)",
     )
+    parser.add_argument(
+        "--systems", help="run only these systems, ','-separated (default: every planned one)"
+    )
     parser.add_argument("--max-folds", type=int, help="run folds 1..N of each corpus only")
     parser.add_argument("--scratch-trained", action="store_true")
     parser.add_argument("--scratch-epochs", type=int, default=15)
@@ -244,6 +250,15 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
             f"unknown section {bad[0] if bad else '(none)'!r} (known: {', '.join(SECTIONS)})"
         )
     args.block_sets = parse_block_sets(args.block_sets)
+    if args.systems is not None:
+        args.systems = {s.strip() for s in args.systems.split(",") if s.strip()}
+        planned = {s for corpus in args.corpora for s in systems_of(args, corpus)}
+        unknown = sorted(args.systems - planned)
+        if unknown or not args.systems:
+            raise PaperError(
+                f"unknown system {unknown[0] if unknown else '(none)'!r} in --systems"
+                f" (planned: {', '.join(sorted(planned))})"
+            )
     if args.max_folds is not None and args.max_folds < 2:
         raise PaperError(
             f"--max-folds must be at least 2 (a paired test needs folds), not {args.max_folds}"
@@ -368,7 +383,12 @@ def _main(argv: list[str]) -> int:
             print(f"paper: [{corpus}] probe of every block ...", flush=True)
         try:
             probes[corpus] = corpus_probe(
-                items[corpus], cache, work / corpus / "probe.json", "pretrained", encode
+                items[corpus],
+                cache,
+                work / corpus / "probe.json",
+                "pretrained",
+                encode,
+                archive=probe_archive_path(archive, corpus, "pretrained"),
             )
         except Exception as err:  # features, audio, weights: the probe fails, the rest goes on
             failed(failures, f"[{corpus}] probe", work / corpus, one_line(err))
@@ -383,6 +403,8 @@ def _main(argv: list[str]) -> int:
                 folder = run_folder(work, corpus, system, seed)
                 planned[corpus].setdefault(system, {})[seed] = folder
                 if not running or section_of(system) not in sections:
+                    continue
+                if args.systems is not None and system not in args.systems:
                     continue
                 label = f"[{corpus}] {system} seed {seed}"
                 kept = archive_path(archive, corpus, system, seed)
@@ -428,6 +450,7 @@ def _main(argv: list[str]) -> int:
                     work / corpus / "probe_scratch.json",
                     "scratch",
                     inner=False,
+                    archive=probe_archive_path(archive, corpus, "scratch"),
                 )
             except Exception as err:  # a damaged entry, say: reported, the rest goes on
                 failed(

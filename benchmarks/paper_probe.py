@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import baselines
 import numpy as np
 import paper_report
+from paper_archive import load_json_gz, save_json_gz
 from paper_plan import SCRATCH_SEED, SCRATCH_SOURCE
 
 from qieemo_lobes.files import write_json_atomic
@@ -47,9 +49,12 @@ def probe_encoder_identity(kind: str) -> str:
 
 
 def _probe_digest(identity: str, items: list[dict], inner: bool) -> str:
+    # paths relative to the corpus folder: the same probe on another checkout or machine
+    root = os.path.commonpath([item["path"] for item in items]) if len(items) > 1 else ""
     h = hashlib.sha1(f"{identity}|C={PROBE_C}|inner={inner}\n".encode())
     for item in items:
-        h.update(f"{item['path']}\t{item['label']}\t{item['speaker']}\t{item['fold']}\n".encode())
+        name = os.path.relpath(item["path"], root) if root else Path(item["path"]).name
+        h.update(f"{name}\t{item['label']}\t{item['speaker']}\t{item['fold']}\n".encode())
     return h.hexdigest()
 
 
@@ -87,9 +92,11 @@ def corpus_probe(
     kind: str = "pretrained",
     encode: bool = False,
     inner: bool = True,
+    archive: Path | None = None,
 ) -> dict[str, Any] | None:
-    """The per-block probe of one corpus (kept in ``path``, reused while its inputs are the
-    same); None when its features are not all cached and ``encode`` is False.
+    """The per-block probe of one corpus (kept in ``path`` and, compressed, in ``archive``;
+    reused from either while its inputs are the same); None when its features are not all
+    cached and ``encode`` is False.
 
     Returns
     -------
@@ -104,9 +111,11 @@ def corpus_probe(
 
     identity = probe_encoder_identity(kind)
     digest = _probe_digest(identity, items, inner)
-    kept = paper_report.read_json(path)
-    if kept is not None and kept.get("digest") == digest:
-        return kept
+    for kept in (paper_report.read_json(path), archive and load_json_gz(archive)):
+        if isinstance(kept, dict) and kept.get("digest") == digest:
+            if archive is not None and not archive.is_file():
+                save_json_gz(archive, kept)
+            return kept
     start = time.time()
     means = block_means(items, cache, identity, encode and kind == "pretrained")
     if means is None:
@@ -147,4 +156,6 @@ def corpus_probe(
         out["inner_ua_mean_folds"] = chosen["result"]["mean"]["UA"]
     out["wall_time_s"] = time.time() - start
     write_json_atomic(out, path)
+    if archive is not None:
+        save_json_gz(archive, out)
     return out

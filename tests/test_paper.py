@@ -319,7 +319,7 @@ def test_study_writes_the_report_resumes_and_regenerates(study, capsys):
     # Every finished cross-validation is archived; on a fresh checkout (the run folders gone)
     # the study trains nothing the archive holds and the report keeps every run's numbers.
     kept = sorted(p.name for p in (study.archive / "emodb").iterdir())
-    assert len(kept) == 21 and "full_seed1986.json.gz" in kept
+    assert len(kept) == 22 and "full_seed1986.json.gz" in kept and "probe.json.gz" in kept
     for run in study.work.glob("emodb/*_seed*"):
         if run.is_dir():
             shutil.rmtree(run)
@@ -337,6 +337,19 @@ def test_study_writes_the_report_resumes_and_regenerates(study, capsys):
     )
     assert paper.main([*study.common, "--sections", "ablations"]) == 0
     assert [Path(n["output_folder"]).name for _, n in study.fake.calls] == ["full_seed1986"]
+
+    # Without the work folder and the feature cache, the archive alone gives the probe and
+    # the runs: --report-only on a fresh checkout reports the same numbers.
+    study.fake.calls.clear()
+    shutil.rmtree(study.work)
+    fresh = [*study.common, "--report-only", "--sections", "probe,ablations,scratch"]
+    fresh[fresh.index("--cache") + 1] = str(study.work.parent / "no_cache")
+    assert paper.main(fresh) == 0
+    assert study.fake.calls == [] and not study.work.exists()
+    again = json.loads(study.json.read_text())["corpora"]["emodb"]
+    assert again["probe"] == json.loads(first[1])["corpora"]["emodb"]["probe"]
+    assert again["best_block_used"] == 4
+    assert again["systems"]["no_cma"]["ua_folds"] == pytest.approx(before["no_cma"]["ua_folds"])
 
 
 def test_max_folds_failures_and_missing_runs(study, capsys):
@@ -370,7 +383,16 @@ def test_max_folds_failures_and_missing_runs(study, capsys):
     study.fake.calls.clear()
     assert paper.main(argv) == 0
     assert [Path(n["output_folder"]).name for _, n in study.fake.calls] == ["no_cma_seed1986"]
-    assert not list(study.archive.rglob("*.json.gz"))  # runs of some folds only: not archived
+    assert not list(study.archive.rglob("*_seed*.json.gz"))  # some folds only: not archived
+
+
+def test_systems_runs_only_the_named_ones(study):
+    argv = [*study.common, "--max-folds", "2", "--sections", "ablations", "--block-sets", ""]
+    assert paper.main([*argv, "--systems", "no_mmf,best_block", "--seeds", "1986"]) == 0
+    names = [Path(n["output_folder"]).name for _, n in study.fake.calls]
+    assert names == ["no_mmf_seed1986", "best_block_seed1986"]
+    systems = json.loads(study.json.read_text())["corpora"]["emodb"]["systems"]
+    assert systems["full"]["status"] == "not run" and systems["no_mmf"]["status"] == "done"
 
 
 def test_interrupt_is_one_line(study, capsys):
@@ -388,6 +410,7 @@ def test_interrupt_is_one_line(study, capsys):
         (["--seeds", "1,x"], "--seeds takes comma-separated integers"),
         (["--sections", "probe,plots"], "unknown section 'plots'"),
         (["--max-folds", "1"], "--max-folds must be at least 2"),
+        (["--systems", "full,tiny"], "unknown system 'tiny' in --systems"),
         (["--block-sets", "2,9"], "block 9 is not one of whisper-base's blocks 1..6"),
         (["--corpora", "ravdess"], "ravdess:"),  # no such folder under --data
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
