@@ -75,7 +75,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 for _path in (REPO, REPO / "benchmarks"):
@@ -87,6 +89,14 @@ import lexical_corpus  # noqa: E402
 import paper_report  # noqa: E402
 from accuracy import CORPORA  # noqa: E402  (corpus -> recipe folder, folder under --data)
 from paper_archive import archive_path, load_run, probe_archive_path, save_run  # noqa: E402
+from paper_args import (  # noqa: E402, F401
+    DEFAULT_BLOCK_SETS,
+    SECTIONS,
+    SEEDS,
+    PaperError,
+    parse_arguments,
+    parse_block_sets,
+)
 
 # The study's parts, re-exported: ``paper.X`` stays the name of each (tests patch ``launch`` and
 # ``make_lexical_corpus`` here, which is where :func:`execute` and :func:`_main` look them up).
@@ -141,133 +151,7 @@ from qieemo_lobes.files import terminate_as_interrupt  # noqa: E402
 # The doctests of the moved functions run with this module's (``doctest.testmod(paper)``).
 __test__ = {"system_overrides": system_overrides, "mmf_weights": mmf_weights}
 
-SECTIONS = ("probe", "ablations", "scratch", "ppg", "verdicts")
-SEEDS = (1986, 1987, 1988)
-DEFAULT_BLOCK_SETS = ((2, 3, 4), (1, 2, 3, 4, 5, 6))
 INTERRUPTED = "interrupted; rerun the same command to resume"
-
-
-class PaperError(Exception):
-    """A refusal before anything runs: ``str()`` is one line (exit status 2)."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
-
-
-# --------------------------------------------------------------------------------------------------
-# Arguments
-# --------------------------------------------------------------------------------------------------
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise PaperError(f"{what} takes comma-separated integers, not {text!r}") from None
-    if not values:
-        raise PaperError(f"{what} is empty")
-    if len(set(values)) != len(values):
-        raise PaperError(f"{what} {text} names a value twice")
-    return values
-
-
-def parse_block_sets(text: str) -> list[tuple[int, ...]]:
-    """``"2,3,4;1,2,3,4,5,6"`` -> ``[(2, 3, 4), (1, 2, 3, 4, 5, 6)]``; ``""`` -> ``[]``.
-
-    Example
-    -------
-    >>> parse_block_sets("4,2;1,2,3")
-    [(2, 4), (1, 2, 3)]
-    >>> parse_block_sets("2,9")
-    Traceback (most recent call last):
-        ...
-    paper.PaperError: --block-sets: block 9 is not one of whisper-base's blocks 1..6
-    """
-    sets = []
-    for part in (p for p in text.split(";") if p.strip()):
-        blocks = tuple(sorted(_int_list(part, "--block-sets")))
-        bad = [b for b in blocks if not 1 <= b <= 6]
-        if bad:
-            raise PaperError(
-                f"--block-sets: block {bad[0]} is not one of whisper-base's blocks 1..6"
-            )
-        if blocks not in sets:
-            sets.append(blocks)
-    return sets
-
-
-def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line, checked; :class:`PaperError` (one line) for bad values."""
-    parser = argparse.ArgumentParser(
-        prog="paper.py", description=(__doc__ or "").strip().splitlines()[0]
-    )
-    parser.add_argument("--corpora", default=",".join(CORPORA))
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--work", default=str(REPO / "results" / "paper"))
-    parser.add_argument("--cache", help="the feature cache (default WORK/feature_cache)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "paper_report.md"))
-    parser.add_argument("--json", help="the results (default paper_results.json beside --out)")
-    parser.add_argument(
-        "--archive",
-        default=str(REPO / "benchmarks" / "results" / "paper_runs"),
-        help="compact copies of the finished runs (default benchmarks/results/paper_runs)",
-    )
-    parser.add_argument("--seeds", default=",".join(str(s) for s in SEEDS))
-    parser.add_argument("--sections", default=",".join(SECTIONS))
-    parser.add_argument(
-        "--block-sets",
-        default=";".join(",".join(str(b) for b in s) for s in DEFAULT_BLOCK_SETS),
-        help="MMF block sets of the ablations, ';'-separated (default 2,3,4;1,2,3,4,5,6)",
-    )
-    parser.add_argument(
-        "--systems", help="run only these systems, ','-separated (default: every planned one)"
-    )
-    parser.add_argument("--max-folds", type=int, help="run folds 1..N of each corpus only")
-    parser.add_argument("--scratch-trained", action="store_true")
-    parser.add_argument("--scratch-epochs", type=int, default=15)
-    parser.add_argument("--device", help="passed to every run, e.g. cuda:0")
-    parser.add_argument("--report-only", action="store_true", help="train and encode nothing")
-    parser.add_argument("--n-boot", type=int, default=5000, help="bootstrap draws (default 5000)")
-
-    def fail(message: str) -> None:
-        raise PaperError(message)
-
-    parser.error = fail  # type: ignore[method-assign]  # one line, exit 2, from main
-    args = parser.parse_args(list(argv))
-    args.corpora = [c.strip().lower() for c in args.corpora.split(",") if c.strip()]
-    unknown = [c for c in args.corpora if c not in CORPORA]
-    if unknown:
-        raise PaperError(f"unknown corpus {unknown[0]!r} (known: {', '.join(CORPORA)})")
-    if not args.corpora:
-        raise PaperError("--corpora is empty")
-    if len(set(args.corpora)) != len(args.corpora):
-        raise PaperError(f"--corpora {','.join(args.corpora)} names a corpus twice")
-    args.seeds = _int_list(args.seeds, "--seeds")
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in args.sections if s not in SECTIONS]
-    if bad or not args.sections:
-        raise PaperError(
-            f"unknown section {bad[0] if bad else '(none)'!r} (known: {', '.join(SECTIONS)})"
-        )
-    args.block_sets = parse_block_sets(args.block_sets)
-    if args.systems is not None:
-        args.systems = {s.strip() for s in args.systems.split(",") if s.strip()}
-        planned = {s for corpus in args.corpora for s in systems_of(args, corpus)}
-        unknown = sorted(args.systems - planned)
-        if unknown or not args.systems:
-            raise PaperError(
-                f"unknown system {unknown[0] if unknown else '(none)'!r} in --systems"
-                f" (planned: {', '.join(sorted(planned))})"
-            )
-    if args.max_folds is not None and args.max_folds < 2:
-        raise PaperError(
-            f"--max-folds must be at least 2 (a paired test needs folds), not {args.max_folds}"
-        )
-    if args.scratch_epochs < 1:
-        raise PaperError(f"--scratch-epochs must be positive, not {args.scratch_epochs}")
-    if args.n_boot < 100:
-        raise PaperError(f"--n-boot must be at least 100, not {args.n_boot}")
-    return args
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,20 +228,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _main(argv: list[str]) -> int:
-    args = parse_arguments(argv)
-    started = time.time()
-    work = Path(args.work).resolve()  # absolute: every run records its paths in its settings
-    cache = Path(args.cache).resolve() if args.cache else work / "feature_cache"
-    data = Path(args.data).resolve()
-    out = Path(args.out)
-    json_path = Path(args.json) if args.json else out.with_name("paper_results.json")
-    archive = Path(args.archive)
-    running = not args.report_only
-    sections = set(args.sections)
+@dataclass
+class Study:
+    """One invocation: its arguments, resolved paths, corpora and the failures met so far."""
 
-    items = {c: load_items(c, data, required=running) for c in args.corpora}
-    failures: list[dict] = []
+    args: argparse.Namespace
+    work: Path  # absolute: every run records its paths in its settings
+    cache: Path
+    data: Path
+    archive: Path
+    items: dict[str, list[dict] | None]  # None: --report-only without the corpus' data
+    n_folds: dict[str, int]
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return not self.args.report_only
+
+    @property
+    def wanted(self) -> dict[str, list[int]]:
+        """The folds of each corpus the study runs and reports (``--max-folds``)."""
+        cut = self.args.max_folds
+        return {c: list(range(1, min(n, cut or n) + 1)) for c, n in self.n_folds.items()}
+
+
+def prepare(args: argparse.Namespace) -> Study:
+    """Resolve the paths and read every corpus' utterances and folds."""
+    work, data = Path(args.work).resolve(), Path(args.data).resolve()
+    items = {c: load_items(c, data, required=not args.report_only) for c in args.corpora}
     n_folds = {}
     for corpus, listed in items.items():
         if listed is not None:
@@ -367,60 +265,85 @@ def _main(argv: list[str]) -> int:
                 int(p.name[5:]) for p in (work / corpus).glob("*/fold_*") if p.name[5:].isdigit()
             ]
             n_folds[corpus] = max(found, default=0)
-    wanted = {c: list(range(1, min(n, args.max_folds or n) + 1)) for c, n in n_folds.items()}
-    if running:
+    if not args.report_only:
         work.mkdir(parents=True, exist_ok=True)
+    return Study(
+        args=args,
+        work=work,
+        cache=Path(args.cache).resolve() if args.cache else work / "feature_cache",
+        data=data,
+        archive=Path(args.archive),
+        items=items,
+        n_folds=n_folds,
+    )
 
-    # 1. Probes (also what best_block needs).
+
+def run_probes(study: Study, kind: str) -> dict[str, dict | None]:
+    """The block probe of every corpus: ``pretrained`` (section 1, and the block of
+    ``best_block``; missing clips encoded when running the probe or the ablations) or
+    ``scratch`` (the random encoder's blocks, when its features are cached). A failure (features,
+    audio, weights, a damaged entry) is recorded and the other corpora go on."""
+    pretrained = kind == "pretrained"
+    encode = (
+        pretrained and study.running and bool({"probe", "ablations"} & set(study.args.sections))
+    )
     probes: dict[str, dict | None] = {}
-    scratch_probes: dict[str, dict | None] = {}
-    for corpus in args.corpora:
+    for corpus in study.args.corpora:
         probes[corpus] = None
-        if items[corpus] is None:
+        if study.items[corpus] is None:
             continue
-        encode = running and bool(sections & {"probe", "ablations"})
         if encode:
             print(f"paper: [{corpus}] probe of every block ...", flush=True)
         try:
             probes[corpus] = corpus_probe(
-                items[corpus],
-                cache,
-                work / corpus / "probe.json",
-                "pretrained",
+                study.items[corpus],
+                study.cache,
+                study.work / corpus / ("probe.json" if pretrained else f"probe_{kind}.json"),
+                kind,
                 encode,
-                archive=probe_archive_path(archive, corpus, "pretrained"),
+                inner=pretrained,
+                archive=probe_archive_path(study.archive, corpus, kind),
             )
-        except Exception as err:  # features, audio, weights: the probe fails, the rest goes on
-            failed(failures, f"[{corpus}] probe", work / corpus, one_line(err))
+        except Exception as err:  # reported; the other corpora go on
+            what = "probe" if pretrained else "probe of the random encoder"
+            failed(study.failures, f"[{corpus}] {what}", study.work / corpus, one_line(err))
+    return probes
 
-    # 2-3. Cross-validations, seed by seed so that early seeds give whole comparisons.
+
+def run_cross_validations(
+    study: Study, probes: dict[str, dict | None]
+) -> dict[str, dict[str, dict[int, Path]]]:
+    """Plan every system of every corpus and run what is missing (sections 2-3), seed by seed
+    so that early seeds give whole comparisons; returns ``{corpus: {system: {seed: folder}}}``.
+    A run is archived as soon as it is found finished: an interrupted study loses none."""
+    args, wanted = study.args, study.wanted
     planned: dict[str, dict[str, dict[int, Path]]] = {c: {} for c in args.corpora}
     for seed in args.seeds:
         for corpus in args.corpora:
             for system in systems_of(args, corpus):
                 if seed not in seeds_of(args, system):
                     continue
-                folder = run_folder(work, corpus, system, seed)
+                folder = run_folder(study.work, corpus, system, seed)
                 planned[corpus].setdefault(system, {})[seed] = folder
-                if not running or section_of(system) not in sections:
+                if not study.running or section_of(system) not in args.sections:
                     continue
                 if args.systems is not None and system not in args.systems:
                     continue
                 label = f"[{corpus}] {system} seed {seed}"
-                kept = archive_path(archive, corpus, system, seed)
+                kept = archive_path(study.archive, corpus, system, seed)
                 probe = probes.get(corpus)
                 block = probe.get("chosen_block") if probe else None
                 overrides = system_overrides(system, block, args.scratch_epochs)
                 if overrides is None:
-                    failed(failures, label, folder, "no probe, so no best block")
+                    failed(study.failures, label, folder, "no probe, so no best block")
                     continue
                 arguments = run_arguments(
                     corpus,
                     overrides,
                     seed,
-                    data / CORPORA[corpus][1],
+                    study.data / CORPORA[corpus][1],
                     folder,
-                    cache,
+                    study.cache,
                     wanted[corpus] if args.max_folds else None,
                     args.device,
                 )
@@ -434,81 +357,92 @@ def _main(argv: list[str]) -> int:
                     lambda f=folder, a=arguments, c=corpus, k=kept: (
                         cv_finished(f, a, wanted[c]) or archived_finished(k, a, wanted[c])
                     ),
-                    failures,
+                    study.failures,
                 )
-                # archived as soon as it is finished: an interrupted study loses no finished run
                 if not args.max_folds and cv_finished(folder, arguments, wanted[corpus]):
                     save_run(kept, read_run(folder, wanted[corpus]))
+    return planned
 
-    for corpus in args.corpora:  # the random encoder's blocks, when its features are cached
-        scratch_probes[corpus] = None
-        if items[corpus] is not None:
-            try:
-                scratch_probes[corpus] = corpus_probe(
-                    items[corpus],
-                    cache,
-                    work / corpus / "probe_scratch.json",
-                    "scratch",
-                    inner=False,
-                    archive=probe_archive_path(archive, corpus, "scratch"),
-                )
-            except Exception as err:  # a damaged entry, say: reported, the rest goes on
-                failed(
-                    failures,
-                    f"[{corpus}] probe of the random encoder",
-                    work / corpus,
-                    one_line(err),
-                )
 
-    # 4. The lexical corpus and nEMO's text.
-    lexical_dir = work / "lexical"
-    manifest = lexical_dir / "corpus" / lexical_corpus.MANIFEST
-    if running and "ppg" in sections:
-        try:
-            manifest = make_lexical_corpus(lexical_dir / "corpus")
-        except (lexical_corpus.CorpusError, OSError) as err:
-            failed(failures, "lexical corpus", lexical_dir, one_line(err))
-        if manifest.is_file():
-            for seed in args.seeds:
-                for system in LEXICAL_SYSTEMS:
-                    folder = lexical_dir / f"{system}_seed{seed}"
-                    arguments = lexical_arguments(
-                        manifest, system, seed, folder, cache, args.device
-                    )
-                    execute(
-                        f"[lexical] {system} seed {seed}",
-                        REPO / "recipes" / "custom" / "emotion" / "train.py",
-                        arguments,
-                        folder,
-                        folder.with_suffix(".log"),
-                        lambda f=folder, a=arguments: single_run_finished(f, a),
-                        failures,
-                    )
-    text_only = None
-    if manifest.is_file():
-
-        def _text_check() -> dict:
-            check = lexical_corpus.corpus_text_check(manifest.parent)
-            check.pop("predictions", None)
-            return check
-
-        text_only = cached_json(lexical_dir / "text_only.json", _text_check)
-    nemo_text = None
-    kept = work / "nemo" / "text_only.json"
-    if "nemo" in args.corpora and (items.get("nemo") is not None or kept.is_file()):
-        try:
-            nemo_text = cached_json(
-                kept, lambda: lexical_corpus.nemo_text_check(data / CORPORA["nemo"][1])
+def run_lexical(study: Study) -> Path:
+    """Section 4: build the lexical corpus and train its systems (with ``ppg`` among the
+    sections); returns its manifest's path (which may not exist)."""
+    folder = study.work / "lexical"
+    manifest = folder / "corpus" / lexical_corpus.MANIFEST
+    if not study.running or "ppg" not in study.args.sections:
+        return manifest
+    try:
+        manifest = make_lexical_corpus(folder / "corpus")
+    except (lexical_corpus.CorpusError, OSError) as err:
+        failed(study.failures, "lexical corpus", folder, one_line(err))
+    if not manifest.is_file():
+        return manifest
+    for seed in study.args.seeds:
+        for system in LEXICAL_SYSTEMS:
+            out = folder / f"{system}_seed{seed}"
+            arguments = lexical_arguments(
+                manifest, system, seed, out, study.cache, study.args.device
             )
-        except (ValueError, OSError) as err:
-            failed(failures, "[nemo] text-only check", work / "nemo", one_line(err))
+            execute(
+                f"[lexical] {system} seed {seed}",
+                REPO / "recipes" / "custom" / "emotion" / "train.py",
+                arguments,
+                out,
+                out.with_suffix(".log"),
+                lambda f=out, a=arguments: single_run_finished(f, a),
+                study.failures,
+            )
+    return manifest
 
-    # 5. Analysis and report.
+
+def lexical_results(study: Study, manifest: Path) -> dict[str, Any]:
+    """The lexical systems' runs, the corpus' sentences and the text-only check."""
+    folder = study.work / "lexical"
     runs = {
+        system: {
+            seed: read_single_run(folder / f"{system}_seed{seed}") for seed in study.args.seeds
+        }
+        for system in LEXICAL_SYSTEMS
+    }
+    if not manifest.is_file():
+        return {"runs": runs, "text": {}, "text_only": None}
+
+    def text_check() -> dict:
+        check = lexical_corpus.corpus_text_check(manifest.parent)
+        check.pop("predictions", None)
+        return check
+
+    text = {Path(r["path"]).stem: r["text"] for r in lexical_corpus.read_manifest(manifest)}
+    return {
+        "runs": runs,
+        "text": text,
+        "text_only": cached_json(folder / "text_only.json", text_check),
+    }
+
+
+def nemo_text_check(study: Study) -> dict | None:
+    """Section 4 on nEMO: a text-only classifier on its transcripts (when nEMO is studied)."""
+    kept = study.work / "nemo" / "text_only.json"
+    if "nemo" not in study.args.corpora or (study.items.get("nemo") is None and not kept.is_file()):
+        return None
+    try:
+        return cached_json(
+            kept, lambda: lexical_corpus.nemo_text_check(study.data / CORPORA["nemo"][1])
+        )
+    except (ValueError, OSError) as err:
+        failed(study.failures, "[nemo] text-only check", study.work / "nemo", one_line(err))
+        return None
+
+
+def collect_runs(
+    study: Study, planned: dict[str, dict[str, dict[int, Path]]]
+) -> dict[str, dict[str, dict[int, dict]]]:
+    """Every planned run, read from its folder or else from the archive."""
+    return {
         corpus: {
             system: {
                 seed: run_or_archived(
-                    folder, archive_path(archive, corpus, system, seed), wanted[corpus]
+                    folder, archive_path(study.archive, corpus, system, seed), study.wanted[corpus]
                 )
                 for seed, folder in by_seed.items()
             }
@@ -516,22 +450,18 @@ def _main(argv: list[str]) -> int:
         }
         for corpus, systems in planned.items()
     }
-    lexical_runs = {
-        system: {seed: read_single_run(lexical_dir / f"{system}_seed{seed}") for seed in args.seeds}
-        for system in LEXICAL_SYSTEMS
-    }
-    lexical_text = {}
-    if manifest.is_file():
-        lexical_text = {
-            Path(r["path"]).stem: r["text"] for r in lexical_corpus.read_manifest(manifest)
-        }
-    meta = {
+
+
+def study_meta(study: Study, argv: list[str]) -> dict[str, Any]:
+    """What the report says about how it was made."""
+    args = study.args
+    return {
         "command": "python benchmarks/paper.py "
         + " ".join(a for a in argv if a != "--report-only"),
         "corpora": args.corpora,
         "seeds": args.seeds,
         "max_folds": args.max_folds,
-        "n_folds": n_folds,
+        "n_folds": study.n_folds,
         "block_sets": [list(s) for s in args.block_sets],
         "protocol": render(PROTOCOL),
         "scratch": {
@@ -544,21 +474,33 @@ def _main(argv: list[str]) -> int:
         + (f", runs on {args.device}" if args.device else ""),
         "n_boot": args.n_boot,
         "recipe_fusion_blocks": {c: list(recipe_fusion_blocks(c)) for c in args.corpora},
-        "failures": failures,
+        "failures": study.failures,
     }
+
+
+def _main(argv: list[str]) -> int:
+    args = parse_arguments(argv)
+    started = time.time()
+    out = Path(args.out)
+    json_path = Path(args.json) if args.json else out.with_name("paper_results.json")
+    study = prepare(args)
+    probes = run_probes(study, "pretrained")  # 1 (also what best_block needs)
+    planned = run_cross_validations(study, probes)  # 2-3
+    scratch_probes = run_probes(study, "scratch")
+    manifest = run_lexical(study)  # 4
     results = paper_report.analyse(
-        runs,
+        collect_runs(study, planned),
         probes,
         scratch_probes,
-        {"runs": lexical_runs, "text": lexical_text, "text_only": text_only},
-        nemo_text,
-        meta,
+        lexical_results(study, manifest),
+        nemo_text_check(study),
+        study_meta(study, argv),
     )
     paper_report.write_outputs(results, out, json_path)
     print(f"paper: written {out} and {json_path} ({time.time() - started:.0f} s)", flush=True)
-    if failures:
-        print(f"paper: {len(failures)} run(s) failed:", file=sys.stderr)
-        for failure in failures:
+    if study.failures:
+        print(f"paper: {len(study.failures)} run(s) failed:", file=sys.stderr)
+        for failure in study.failures:
             print(f"paper:   {failure['run']}: {failure['problem']}", file=sys.stderr)
         return 1
     return 0
